@@ -1,0 +1,164 @@
+//! What one connection's chat messages do: join, chat, ping, pong, leave.
+//!
+//! Pure decisions over the connection's chat state and the time passed in;
+//! the event loop carries them out (room membership, fan-out, closing).
+
+use crate::protocol::{self, Ignored, Request};
+use crate::rate_limit::TokenBucket;
+
+/// A joined connection's identity in the room.
+#[derive(Debug)]
+pub struct Member {
+    /// The joined name as a JSON string literal, stamped on every chat it sends.
+    pub user: Box<str>,
+    /// Its position in `Room::members`.
+    pub index: usize,
+}
+
+/// Chat state of one open connection.
+#[derive(Debug)]
+pub struct ChatState {
+    /// `Some` once the connection has joined.
+    pub member: Option<Member>,
+    bucket: TokenBucket,
+}
+
+/// What the event loop must do about one text message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Join the room under this name (a JSON literal).
+    Join(Box<str>),
+    /// Relay this frame to every other joined connection.
+    Relay(Vec<u8>),
+    /// Send this frame back to the sender.
+    Reply(Vec<u8>),
+    /// Leave the room and close with 1000.
+    Leave,
+    /// A JSON pong: nothing to do (hearing from the client is what counts).
+    Keepalive,
+    /// A chat over the rate limit, dropped.
+    RateLimited,
+    /// Ignored, for this reason.
+    Ignored(Ignored),
+}
+
+impl ChatState {
+    /// A connection that has not joined, with a full token bucket at `now` (ms).
+    pub fn new(now: u64) -> Self {
+        Self {
+            member: None,
+            bucket: TokenBucket::full(now),
+        }
+    }
+
+    /// Decides what a text message from this connection does at `now` (ms).
+    pub fn on_text(&mut self, text: &str, now: u64) -> Outcome {
+        let request = match protocol::parse(text) {
+            Ok(request) => request,
+            Err(why) => return Outcome::Ignored(why),
+        };
+        match request {
+            Request::Join { .. } if self.member.is_some() => {
+                Outcome::Ignored(Ignored::AlreadyJoined)
+            }
+            Request::Join { user } => Outcome::Join(protocol::name_literal(&user)),
+            Request::Chat { text, ts } => match &self.member {
+                None => Outcome::Ignored(Ignored::NotJoined),
+                Some(_) if !self.bucket.try_take(now) => Outcome::RateLimited,
+                Some(member) => Outcome::Relay(protocol::chat_frame(&member.user, text, ts)),
+            },
+            Request::Ping { ts } => Outcome::Reply(protocol::pong_frame(ts)),
+            Request::Pong => Outcome::Keepalive,
+            Request::Leave => Outcome::Leave,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(now: u64) -> ChatState {
+        let mut chat = ChatState::new(now);
+        let Outcome::Join(user) =
+            chat.on_text(r#"{"type":"join","room":"public","user":"alice"}"#, now)
+        else {
+            panic!("join refused");
+        };
+        assert_eq!(&*user, "\"alice\"");
+        chat.member = Some(Member { user, index: 0 });
+        chat
+    }
+
+    #[test]
+    fn chat_before_join_is_ignored_and_a_second_join_too() {
+        let mut chat = ChatState::new(0);
+        assert!(matches!(
+            chat.on_text(r#"{"type":"chat","text":"hi"}"#, 0),
+            Outcome::Ignored(Ignored::NotJoined)
+        ));
+        let mut chat = joined(0);
+        assert!(matches!(
+            chat.on_text(r#"{"type":"join","user":"bob"}"#, 0),
+            Outcome::Ignored(Ignored::AlreadyJoined)
+        ));
+    }
+
+    #[test]
+    fn chats_are_stamped_with_the_joined_name() {
+        let mut chat = joined(0);
+        let Outcome::Relay(frame) =
+            chat.on_text(r#"{"type":"chat","user":"mallory","text":"hi","ts":3}"#, 0)
+        else {
+            panic!("not relayed");
+        };
+        let text = String::from_utf8_lossy(&frame[2..]);
+        assert_eq!(
+            text,
+            r#"{"type":"chat","room":"public","user":"alice","text":"hi","ts":3}"#
+        );
+    }
+
+    #[test]
+    fn a_burst_of_25_relays_10() {
+        let mut chat = joined(1_000);
+        let relayed = (0..25)
+            .filter(|_| {
+                matches!(
+                    chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_000),
+                    Outcome::Relay(_)
+                )
+            })
+            .count();
+        assert_eq!(relayed, 10);
+        assert!(matches!(
+            chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_000),
+            Outcome::RateLimited
+        ));
+        assert!(matches!(
+            chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_100),
+            Outcome::Relay(_)
+        ));
+    }
+
+    #[test]
+    fn ping_pong_leave() {
+        let mut chat = ChatState::new(0);
+        assert!(matches!(
+            chat.on_text(r#"{"type":"ping","ts":9}"#, 0),
+            Outcome::Reply(_)
+        ));
+        assert!(matches!(
+            chat.on_text(r#"{"type":"pong"}"#, 0),
+            Outcome::Keepalive
+        ));
+        assert!(matches!(
+            chat.on_text(r#"{"type":"leave"}"#, 0),
+            Outcome::Leave
+        ));
+        assert!(matches!(
+            chat.on_text("{oops", 0),
+            Outcome::Ignored(Ignored::Malformed)
+        ));
+    }
+}

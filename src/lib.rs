@@ -1,0 +1,23 @@
+//! websocket-public-chat: a public chat room over WebSocket, served by one
+//! mio event loop with a hand-written RFC 6455 implementation.
+//!
+//! The sans-IO core (no sockets, no clock reads) is `frame`, `message`,
+//! `utf8`, `close`, `handshake`, `protocol`, `chat`, `rate_limit`, `room`
+//! and `timer_wheel`; `server` is the event loop that owns the sockets.
+
+pub mod chat;
+pub mod close;
+pub mod config;
+mod connection;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+mod outbox;
+pub mod protocol;
+pub mod rate_limit;
+pub mod room;
+pub mod server;
+pub mod stats;
+pub mod sys;
+pub mod timer_wheel;
+pub mod utf8;

@@ -1,0 +1,40 @@
+//! `websocket-public-chat`: parse the flags, listen, run until the duration
+//! ends or SIGINT/SIGTERM, print the statistics.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use websocket_public_chat::config::Config;
+use websocket_public_chat::server::Server;
+use websocket_public_chat::sys;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let fd_limit = sys::raise_fd_limit();
+    let (host, port, echo) = (config.host.clone(), config.port, config.echo);
+    let server = match Server::bind(config, fd_limit) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("websocket-public-chat: cannot listen on {host}:{port}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.local_addr() {
+        Ok(addr) => println!(
+            "listening on {addr} (max {} connections{})",
+            server.max_conns(),
+            if echo { ", echo mode" } else { "" }
+        ),
+        Err(e) => eprintln!("websocket-public-chat: {e}"),
+    }
+    match server.run() {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("websocket-public-chat: event loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The chat protocol on the wire: JSON requests from clients, the JSON frames
+//! the server sends. See docs/protocol.md.
+//!
+//! Requests are parsed into borrowed fields (no allocation for the usual
+//! chat). `text` and `ts` are kept as raw JSON and relayed byte for byte, so
+//! a relay never re-escapes the text.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::frame::{self, OpCode};
+
+/// The only room.
+pub const ROOM: &str = "public";
+/// Longest accepted user name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// A request the server acts on.
+#[derive(Debug)]
+pub enum Request<'a> {
+    /// Join the room under `user` (already validated).
+    Join { user: Cow<'a, str> },
+    /// Say `text` (a JSON string) to everyone else; `ts` is opaque to the server.
+    Chat {
+        text: &'a RawValue,
+        ts: Option<&'a RawValue>,
+    },
+    /// Answered with a pong carrying the same `ts`.
+    Ping { ts: Option<&'a RawValue> },
+    /// A keepalive answer.
+    Pong,
+    /// Leave the room and close.
+    Leave,
+}
+
+/// Why a text message was ignored. Each has its own counter in `/stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ignored {
+    /// Not JSON, not an object, no string `type`, or a field of the wrong type.
+    Malformed,
+    /// A `type` the protocol does not have.
+    UnknownType,
+    /// A `room` other than "public".
+    WrongRoom,
+    /// A join whose name is empty, too long or has control characters.
+    InvalidName,
+    /// A chat before a join.
+    NotJoined,
+    /// A join from a connection that already joined.
+    AlreadyJoined,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ts: Option<&'a RawValue>,
+}
+
+/// Parses one text message into a request, or says why it is ignored.
+pub fn parse(text: &str) -> Result<Request<'_>, Ignored> {
+    let wire: Wire<'_> = serde_json::from_str(text).map_err(|_| Ignored::Malformed)?;
+    let in_room = wire.room.as_deref().is_none_or(|room| room == ROOM);
+    match &*wire.kind {
+        "join" | "chat" if !in_room => Err(Ignored::WrongRoom),
+        "join" => {
+            let user = wire.user.ok_or(Ignored::InvalidName)?;
+            if valid_name(&user) {
+                Ok(Request::Join { user })
+            } else {
+                Err(Ignored::InvalidName)
+            }
+        }
+        "chat" => match wire.text {
+            Some(text) if text.get().starts_with('"') => Ok(Request::Chat { text, ts: wire.ts }),
+            _ => Err(Ignored::Malformed),
+        },
+        "ping" => Ok(Request::Ping { ts: wire.ts }),
+        "pong" => Ok(Request::Pong),
+        "leave" => Ok(Request::Leave),
+        _ => Err(Ignored::UnknownType),
+    }
+}
+
+/// 1 to 64 characters, none of them control characters.
+pub fn valid_name(name: &str) -> bool {
+    let mut count = 0;
+    for c in name.chars() {
+        if c.is_control() {
+            return false;
+        }
+        count += 1;
+    }
+    (1..=MAX_NAME_CHARS).contains(&count)
+}
+
+/// The name as a JSON string literal, escaped once at join and reused for every relay.
+pub fn name_literal(name: &str) -> Box<str> {
+    // Sized for the quotes and no escapes, so the usual name is allocated
+    // once, exactly: it lives as long as the connection.
+    let mut literal = Vec::with_capacity(name.len() + 2);
+    // Writing a &str into a Vec cannot fail, and the output is UTF-8.
+    let _ = serde_json::to_writer(&mut literal, name);
+    String::from_utf8(literal)
+        .unwrap_or_default()
+        .into_boxed_str()
+}
+
+/// The relayed chat frame: `{"type":"chat","room":"public","user":…,"text":…,"ts":…}`.
+///
+/// `user` is the JSON literal from `name_literal`; `text` and `ts` are the
+/// sender's raw JSON. Built once per chat and shared by every recipient.
+pub fn chat_frame(user: &str, text: &RawValue, ts: Option<&RawValue>) -> Vec<u8> {
+    let ts_parts: [&[u8]; 2] = match ts {
+        Some(ts) => [b",\"ts\":", ts.get().as_bytes()],
+        None => [b"", b""],
+    };
+    frame::server_frame(
+        OpCode::Text,
+        &[
+            b"{\"type\":\"chat\",\"room\":\"public\",\"user\":",
+            user.as_bytes(),
+            b",\"text\":",
+            text.get().as_bytes(),
+            ts_parts[0],
+            ts_parts[1],
+            b"}",
+        ],
+    )
+}
+
+/// The answer to a JSON ping: `{"type":"pong","ts":…}` (no `ts` if the ping had none).
+pub fn pong_frame(ts: Option<&RawValue>) -> Vec<u8> {
+    match ts {
+        Some(ts) => frame::server_frame(
+            OpCode::Text,
+            &[b"{\"type\":\"pong\",\"ts\":", ts.get().as_bytes(), b"}"],
+        ),
+        None => frame::server_frame(OpCode::Text, &[b"{\"type\":\"pong\"}"]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Role, parse_header};
+
+    fn payload(frame: &[u8]) -> serde_json::Value {
+        let (h, n) = parse_header(frame, Role::Client).unwrap().unwrap();
+        assert_eq!(h.opcode, OpCode::Text);
+        assert_eq!(h.payload_len as usize, frame.len() - n);
+        serde_json::from_slice(&frame[n..]).unwrap()
+    }
+
+    #[test]
+    fn requests() {
+        assert!(
+            matches!(parse(r#"{"type":"join","room":"public","user":"alice"}"#),
+            Ok(Request::Join { user }) if user == "alice")
+        );
+        assert!(matches!(parse(r#"{"type":"join","user":"b\u00e9a"}"#),
+            Ok(Request::Join { user }) if user == "béa"));
+        assert!(matches!(parse(r#"{"type":"chat","text":"hi","ts":5}"#),
+            Ok(Request::Chat { text, ts: Some(ts) }) if text.get() == r#""hi""# && ts.get() == "5"));
+        assert!(matches!(
+            parse(r#"{"type":"ping","ts":1700000000000}"#),
+            Ok(Request::Ping { ts: Some(_) })
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"pong","ts":1}"#),
+            Ok(Request::Pong)
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"leave","user":"x"}"#),
+            Ok(Request::Leave)
+        ));
+    }
+
+    #[test]
+    fn ignored_messages_say_why() {
+        let cases = [
+            ("not json", Ignored::Malformed),
+            ("[1,2]", Ignored::Malformed),
+            ("\"chat\"", Ignored::Malformed),
+            (r#"{"text":"no type"}"#, Ignored::Malformed),
+            (r#"{"type":7}"#, Ignored::Malformed),
+            (r#"{"type":"chat","text":42}"#, Ignored::Malformed),
+            (r#"{"type":"chat"}"#, Ignored::Malformed),
+            (r#"{"type":"dance"}"#, Ignored::UnknownType),
+            (
+                r#"{"type":"chat","room":"private","text":"x"}"#,
+                Ignored::WrongRoom,
+            ),
+            (
+                r#"{"type":"join","room":"private","user":"a"}"#,
+                Ignored::WrongRoom,
+            ),
+            (r#"{"type":"join"}"#, Ignored::InvalidName),
+            (r#"{"type":"join","user":""}"#, Ignored::InvalidName),
+            (r#"{"type":"join","user":"a\nb"}"#, Ignored::InvalidName),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse(text).err(), Some(want), "{text}");
+        }
+        let long = format!(r#"{{"type":"join","user":"{}"}}"#, "é".repeat(65));
+        assert_eq!(parse(&long).err(), Some(Ignored::InvalidName));
+        let max = format!(r#"{{"type":"join","user":"{}"}}"#, "é".repeat(64));
+        assert!(parse(&max).is_ok());
+    }
+
+    #[test]
+    fn relayed_chat_is_stamped_and_keeps_text_and_ts() {
+        let Ok(Request::Chat { text, ts }) =
+            parse(r#"{"type":"chat","user":"mallory","text":"a \"q\" \u00e9","ts":17}"#)
+        else {
+            panic!("not a chat");
+        };
+        let frame = chat_frame(&name_literal("al\"ice"), text, ts);
+        let v = payload(&frame);
+        assert_eq!(v["type"], "chat");
+        assert_eq!(v["room"], "public");
+        assert_eq!(v["user"], "al\"ice");
+        assert_eq!(v["text"], "a \"q\" é");
+        assert_eq!(v["ts"], 17);
+        // Raw text is relayed exactly as the sender escaped it.
+        assert!(
+            frame
+                .windows(text.get().len())
+                .any(|w| w == text.get().as_bytes())
+        );
+    }
+
+    #[test]
+    fn pong_echoes_ts() {
+        let Ok(Request::Ping { ts }) = parse(r#"{"type":"ping","ts":1700000000000}"#) else {
+            panic!("not a ping");
+        };
+        assert_eq!(
+            payload(&pong_frame(ts)),
+            serde_json::json!({"type":"pong","ts":1700000000000u64})
+        );
+        assert_eq!(
+            payload(&pong_frame(None)),
+            serde_json::json!({"type":"pong"})
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! The public room's membership: a dense list of joined connections, so the
+//! relay is a tight loop over members, not a scan over every connection.
+
+/// Joined connections, by slab key, in no particular order.
+#[derive(Debug, Default)]
+pub struct Room {
+    members: Vec<usize>,
+}
+
+impl Room {
+    /// Adds `key`; returns its index, which the connection keeps for `leave`.
+    pub fn join(&mut self, key: usize) -> usize {
+        self.members.push(key);
+        self.members.len() - 1
+    }
+
+    /// Removes the member at `index` by swapping the last one into its place.
+    ///
+    /// Returns the key that moved to `index`, whose stored index the caller must update.
+    pub fn leave(&mut self, index: usize) -> Option<usize> {
+        self.members.swap_remove(index);
+        self.members.get(index).copied()
+    }
+
+    /// Keys of every joined connection.
+    pub fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// Number of joined connections.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether nobody has joined.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leave_moves_the_last_member_into_the_gap() {
+        let mut room = Room::default();
+        let a = room.join(10);
+        let _b = room.join(11);
+        let c = room.join(12);
+        assert_eq!(room.leave(a), Some(12));
+        assert_eq!(room.members(), &[12, 11]);
+        // 12 now lives at index `a`; leaving the last slot moves nobody.
+        assert_eq!(c, 2);
+        assert_eq!(room.leave(1), None);
+        assert_eq!(room.leave(a), None);
+        assert!(room.is_empty());
+    }
+}

@@ -1,0 +1,213 @@
+//! Counters for `/stats` and the statistics block printed at exit.
+//!
+//! Every refusal and close has its own counter, named for what happened.
+
+use serde::Serialize;
+
+use crate::close::{self, ProtocolError};
+use crate::handshake::Reject;
+use crate::protocol::Ignored;
+
+/// Everything the server counts since it started.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    pub connections_total: u64,
+    pub peak_connections: u64,
+    pub websocket_upgrades: u64,
+    pub joins: u64,
+    /// Chats accepted for relay ("Total messages").
+    pub chats_relayed: u64,
+    /// Relayed chats queued to recipients.
+    pub deliveries: u64,
+    pub rate_limited: u64,
+    pub slow_consumer_closes: u64,
+    pub ignored_malformed: u64,
+    pub ignored_unknown_type: u64,
+    pub ignored_wrong_room: u64,
+    pub ignored_invalid_name: u64,
+    pub ignored_not_joined: u64,
+    pub ignored_already_joined: u64,
+    pub ignored_binary: u64,
+    pub closed_protocol_error: u64,
+    pub closed_invalid_utf8: u64,
+    pub closed_message_too_big: u64,
+    pub closed_by_client: u64,
+    pub closed_by_leave: u64,
+    pub dropped_without_close: u64,
+    pub close_timeouts: u64,
+    pub handshake_timeouts: u64,
+    pub keepalive_timeouts: u64,
+    pub http_health: u64,
+    pub http_stats: u64,
+    pub http_bad_request: u64,
+    pub http_not_found: u64,
+    pub http_method_not_allowed: u64,
+    pub http_upgrade_required: u64,
+    pub http_head_too_large: u64,
+    pub refused_max_conns: u64,
+    pub accept_pauses: u64,
+}
+
+/// What `/stats` returns: live figures plus every counter.
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    active_connections: usize,
+    joined: usize,
+    uptime_seconds: f64,
+    ignored_total: u64,
+    #[serde(flatten)]
+    counters: &'a Counters,
+}
+
+impl Counters {
+    /// Counts an ignored text message.
+    pub fn ignored(&mut self, why: Ignored) {
+        *match why {
+            Ignored::Malformed => &mut self.ignored_malformed,
+            Ignored::UnknownType => &mut self.ignored_unknown_type,
+            Ignored::WrongRoom => &mut self.ignored_wrong_room,
+            Ignored::InvalidName => &mut self.ignored_invalid_name,
+            Ignored::NotJoined => &mut self.ignored_not_joined,
+            Ignored::AlreadyJoined => &mut self.ignored_already_joined,
+        } += 1;
+    }
+
+    /// Counts a connection failed for a protocol error, by the close code it got.
+    pub fn protocol_error(&mut self, error: ProtocolError) {
+        *match error.close_code() {
+            close::INVALID_PAYLOAD => &mut self.closed_invalid_utf8,
+            close::MESSAGE_TOO_BIG => &mut self.closed_message_too_big,
+            _ => &mut self.closed_protocol_error,
+        } += 1;
+    }
+
+    /// Counts a refused HTTP request, by status.
+    pub fn rejected(&mut self, reject: Reject) {
+        *match reject {
+            Reject::BadRequest => &mut self.http_bad_request,
+            Reject::NotFound => &mut self.http_not_found,
+            Reject::MethodNotAllowed => &mut self.http_method_not_allowed,
+            Reject::UpgradeRequired => &mut self.http_upgrade_required,
+            Reject::HeadTooLarge => &mut self.http_head_too_large,
+            Reject::Unavailable => &mut self.refused_max_conns,
+        } += 1;
+    }
+
+    fn ignored_total(&self) -> u64 {
+        self.ignored_malformed
+            + self.ignored_unknown_type
+            + self.ignored_wrong_room
+            + self.ignored_invalid_name
+            + self.ignored_not_joined
+            + self.ignored_already_joined
+            + self.ignored_binary
+    }
+
+    /// The `/stats` body.
+    pub fn to_json(
+        &self,
+        active_connections: usize,
+        joined: usize,
+        uptime_seconds: f64,
+    ) -> Vec<u8> {
+        let snapshot = Snapshot {
+            active_connections,
+            joined,
+            uptime_seconds,
+            ignored_total: self.ignored_total(),
+            counters: self,
+        };
+        // Plain numbers and strings: serializing cannot fail.
+        serde_json::to_vec(&snapshot).unwrap_or_default()
+    }
+
+    /// The block printed at exit, in the format the compared servers print, then our own lines.
+    ///
+    /// As those servers define it, processing time is the time the server ran,
+    /// average latency is processing time / total messages, and throughput is
+    /// total messages / processing time.
+    pub fn summary(&self, processing_secs: f64) -> String {
+        let total = self.chats_relayed;
+        let per_message_ms = if total == 0 {
+            0.0
+        } else {
+            processing_secs * 1000.0 / total as f64
+        };
+        let throughput = if processing_secs > 0.0 {
+            total as f64 / processing_secs
+        } else {
+            0.0
+        };
+        let offered = total + self.rate_limited;
+        let drop_rate = if offered == 0 {
+            0.0
+        } else {
+            100.0 * self.rate_limited as f64 / offered as f64
+        };
+        let protocol_errors =
+            self.closed_protocol_error + self.closed_invalid_utf8 + self.closed_message_too_big;
+        format!(
+            "--- Statistics ---\n\
+             Total messages: {total}\n\
+             Processing time: {processing_secs:.3}s\n\
+             Average latency: {per_message_ms:.3}ms\n\
+             Throughput: {throughput:.2} messages/sec\n\
+             Total connections: {}\n\
+             Message drop rate: {drop_rate:.2}%\n\
+             Deliveries: {}\n\
+             Peak connections: {}\n\
+             Rate-limited chats: {}\n\
+             Slow-consumer closes: {}\n\
+             Protocol errors: {protocol_errors}\n\
+             Ignored messages: {}\n",
+            self.connections_total,
+            self.deliveries,
+            self.peak_connections,
+            self.rate_limited,
+            self.slow_consumer_closes,
+            self.ignored_total(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_keeps_the_compared_servers_format() {
+        let c = Counters {
+            chats_relayed: 300,
+            rate_limited: 100,
+            connections_total: 7,
+            ..Counters::default()
+        };
+        let s = c.summary(60.0);
+        let lines: Vec<&str> = s.lines().take(7).collect();
+        assert_eq!(
+            lines,
+            [
+                "--- Statistics ---",
+                "Total messages: 300",
+                "Processing time: 60.000s",
+                "Average latency: 200.000ms",
+                "Throughput: 5.00 messages/sec",
+                "Total connections: 7",
+                "Message drop rate: 25.00%",
+            ]
+        );
+    }
+
+    #[test]
+    fn json_has_live_figures_and_counters() {
+        let mut c = Counters::default();
+        c.ignored(Ignored::Malformed);
+        c.protocol_error(ProtocolError::InvalidUtf8);
+        let v: serde_json::Value = serde_json::from_slice(&c.to_json(3, 2, 1.5)).unwrap();
+        assert_eq!(v["active_connections"], 3);
+        assert_eq!(v["joined"], 2);
+        assert_eq!(v["ignored_malformed"], 1);
+        assert_eq!(v["ignored_total"], 1);
+        assert_eq!(v["closed_invalid_utf8"], 1);
+    }
+}

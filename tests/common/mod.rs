@@ -1,0 +1,484 @@
+//! Test harness: the real server binary on an ephemeral loopback port, and
+//! two independent clients: `tungstenite`, and a raw socket with a tiny
+//! frame encoder/decoder of its own (not the server's codec) for bad input.
+
+// Each test file uses a different part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::{Message, WebSocket};
+
+/// Upper bound for any single wait in a test.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A running server process, killed on drop if the test did not stop it.
+pub struct ServerProcess {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts the server on 127.0.0.1 with a free port and the given extra flags.
+    pub fn start(args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_websocket-public-chat"));
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// Starts the server with its open-file limit (soft and hard) set to `fds`.
+    pub fn start_with_fd_limit(fds: u32, args: &[&str]) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_websocket-public-chat"))
+            .args(args);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        Self {
+            child,
+            stdout,
+            addr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Sends SIGTERM (or another signal) to this server only.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits (bounded) for the server to exit; returns its status and the rest of stdout.
+    pub fn wait_exit(mut self, within: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).expect("read stdout");
+        (status, rest)
+    }
+
+    /// GET /stats, parsed.
+    pub fn stats(&self) -> Value {
+        let (status, _, body) = http_get(self.addr, "/stats");
+        assert_eq!(status, 200);
+        serde_json::from_str(&body).expect("stats JSON")
+    }
+
+    /// Polls /stats until `counter` reaches `at_least` (bounded); returns its value.
+    pub fn wait_counter(&self, counter: &str, at_least: u64) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let value = self.stats()[counter]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no counter {counter}"));
+            if value >= at_least || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// CPU time the server has used (user + system), from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read /proc stat");
+        // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+        let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<u64> = after_name
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let ticks = fields[11] + fields[12];
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// VmRSS of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends raw request bytes and reads the whole response (until the server closes).
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(request).expect("send request");
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        Err(e) => panic!(
+            "reading the response failed after {} bytes: {e}",
+            response.len()
+        ),
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// GET `path`: status, head, body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let response = http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    );
+    split_response(&response)
+}
+
+pub fn split_response(response: &str) -> (u16, String, String) {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    (status, head.to_string(), body.to_string())
+}
+
+/// A valid upgrade request for /ws.
+pub fn upgrade_request(extra_headers: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    )
+}
+
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// A tungstenite client.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(server: &ServerProcess) -> Self {
+        let stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (ws, response) = tungstenite::client(server.url(), stream).expect("handshake");
+        assert_eq!(response.status(), 101);
+        Self { ws }
+    }
+
+    /// Connects and joins as `name`; returns once the server has processed the join.
+    pub fn joined(server: &ServerProcess, name: &str) -> Self {
+        let mut client = Self::connect(server);
+        client.send(json!({"type": "join", "room": "public", "user": name}));
+        client.sync();
+        client
+    }
+
+    pub fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string());
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// Queues a message without flushing (to send a burst in one write).
+    pub fn queue(&mut self, value: Value) {
+        self.ws
+            .write(Message::text(value.to_string()))
+            .expect("queue");
+    }
+
+    pub fn flush(&mut self) {
+        self.ws.flush().expect("flush");
+    }
+
+    /// The next text message, as JSON. Pings are answered by tungstenite while reading.
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => {
+                    return serde_json::from_str(&text).expect("JSON from server");
+                }
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// A round trip through the server: when it returns, everything sent
+    /// before has been processed. Returns the text messages received meanwhile.
+    pub fn sync(&mut self) -> Vec<Value> {
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        self.send(json!({"type": "ping", "ts": token}));
+        let mut before = Vec::new();
+        loop {
+            let message = self.recv();
+            if message == json!({"type": "pong", "ts": token}) {
+                return before;
+            }
+            before.push(message);
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code.
+    pub fn recv_close(&mut self) -> Option<u16> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(e) => panic!("expected a close frame, got error {e}"),
+            }
+        }
+    }
+
+    /// After a close handshake, the server must end the TCP stream cleanly (FIN, no reset).
+    pub fn expect_clean_end(&mut self) {
+        loop {
+            match self.ws.read() {
+                Err(tungstenite::Error::ConnectionClosed) => return,
+                Ok(_) => continue,
+                Err(e) => panic!("expected a clean end, got {e}"),
+            }
+        }
+    }
+}
+
+/// A raw WebSocket client for malformed input, with its own tiny codec.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// The mask every raw client frame uses.
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// A frame with the given first byte (FIN, RSV, opcode), masked with `MASK` unless `mask` is false.
+pub fn frame_bytes(first: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if mask { 0x80 } else { 0 };
+    if payload.len() < 126 {
+        out.push(mask_bit | payload.len() as u8);
+    } else if payload.len() <= 0xFFFF {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    }
+    if mask {
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+pub const FIN: u8 = 0x80;
+pub const TEXT: u8 = 0x1;
+pub const BINARY: u8 = 0x2;
+pub const CONTINUATION: u8 = 0x0;
+pub const CLOSE: u8 = 0x8;
+pub const PING: u8 = 0x9;
+pub const PONG: u8 = 0xA;
+
+impl RawClient {
+    /// Connects and completes the upgrade; fails the test on anything but 101.
+    pub fn connect(server: &ServerProcess) -> Self {
+        let mut client = Self::connect_with(server, upgrade_request("").as_bytes());
+        let head = client.read_head();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        client
+    }
+
+    /// Connects and sends `bytes` as they are (a handshake, perhaps with frames behind it).
+    pub fn connect_with(server: &ServerProcess, bytes: &[u8]) -> Self {
+        let stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut client = Self {
+            stream,
+            buf: Vec::new(),
+        };
+        client.send_raw(bytes);
+        client
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Sends one masked frame.
+    pub fn send_frame(&mut self, first: u8, payload: &[u8]) {
+        self.send_raw(&frame_bytes(first, payload, true));
+    }
+
+    pub fn send_json(&mut self, value: Value) {
+        self.send_frame(FIN | TEXT, value.to_string().as_bytes());
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 1 << 16];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// Reads the HTTP response head.
+    pub fn read_head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
+                return String::from_utf8_lossy(&head).into_owned();
+            }
+            assert!(self.fill(), "connection closed before the response head");
+        }
+    }
+
+    /// Reads one server frame: (first byte, payload). `None` at a clean end of stream.
+    pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames must not be masked");
+                let (len, at) = match self.buf[1] & 0x7F {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        let mut be = [0u8; 8];
+                        be.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(be) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    short => (usize::from(short), 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let first = self.buf[0];
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return Some((first, payload));
+                }
+            }
+            if !self.fill() {
+                assert!(self.buf.is_empty(), "stream ended inside a frame");
+                return None;
+            }
+        }
+    }
+
+    /// Reads frames until a text frame; returns it as JSON.
+    pub fn recv_json(&mut self) -> Value {
+        loop {
+            let (first, payload) = self.read_frame().expect("a text frame, not the end");
+            match first & 0x0F {
+                TEXT => return serde_json::from_slice(&payload).expect("JSON"),
+                PING | PONG => continue,
+                other => panic!("unexpected opcode {other} ({payload:?})"),
+            }
+        }
+    }
+
+    /// Reads frames until the close frame; returns its code (None if it had none).
+    pub fn recv_close(&mut self) -> Option<u16> {
+        loop {
+            let (first, payload) = self.read_frame().expect("a close frame, not the end");
+            if first & 0x0F == CLOSE {
+                assert_eq!(first & 0x80, 0x80, "close frames are never fragmented");
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    }
+
+    /// The server must end the stream with a FIN: read returns 0, not a reset.
+    pub fn expect_eof(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => assert!(Instant::now() < deadline, "no end of stream"),
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                    panic!("no end of stream within {PATIENCE:?}")
+                }
+                Err(e) => panic!("stream ended with an error (reset?): {e}"),
+            }
+        }
+    }
+
+    /// The full close handshake from the client side after the server's close: answer, then see FIN.
+    pub fn finish_close(&mut self, code: u16) {
+        let _ = self
+            .stream
+            .write_all(&frame_bytes(FIN | CLOSE, &code.to_be_bytes(), true));
+        self.expect_eof();
+    }
+
+    /// Asserts that nothing arrives within `wait`.
+    pub fn expect_silence(&mut self, wait: Duration) {
+        assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut chunk = [0u8; 64];
+        match self.stream.read(&mut chunk) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+            other => panic!("expected silence, got {other:?} {:?}", &chunk[..]),
+        }
+        self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+}

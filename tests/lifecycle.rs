@@ -1,0 +1,212 @@
+//! Connection lifetimes: keepalive pings and timeouts, slow consumers,
+//! shutdown at `--duration` and on SIGTERM.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn silent_client_is_pinged_then_closed() {
+    let server = ServerProcess::start(&["--ping-interval", "0.3", "--pong-timeout", "1"]);
+    let mut raw = RawClient::connect(&server);
+    let started = Instant::now();
+    raw.send_json(json!({"type": "join", "user": "mute"}));
+    let (first, payload) = raw.read_frame().expect("a ping");
+    assert_eq!((first, payload), (FIN | PING, vec![]));
+    let pinged = started.elapsed();
+    assert!(
+        pinged >= Duration::from_millis(250),
+        "pinged after {pinged:?}"
+    );
+    // It never answers: closed with 1001 around the pong timeout.
+    assert_eq!(raw.recv_close(), Some(1001));
+    let closed = started.elapsed();
+    assert!(
+        closed >= Duration::from_millis(950),
+        "closed after {closed:?}"
+    );
+    raw.expect_eof();
+    let stats = server.stats();
+    assert_eq!(stats["keepalive_timeouts"], 1);
+    assert_eq!(stats["joined"], 0);
+}
+
+#[test]
+fn any_frame_counts_as_life() {
+    let server = ServerProcess::start(&["--ping-interval", "0.2", "--pong-timeout", "0.6"]);
+    // Answers pings with pong frames (tungstenite does it while reading).
+    let mut answering = Client::joined(&server, "answers");
+    // Never answers pings, but sends a JSON pong now and then.
+    let mut chatty = RawClient::connect(&server);
+    chatty.send_json(json!({"type": "join", "user": "chatty"}));
+    let until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < until {
+        chatty.send_json(json!({"type": "pong"}));
+        answering
+            .ws
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(150)))
+            .unwrap();
+        match answering.ws.read() {
+            Ok(tungstenite::Message::Ping(_)) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    answering
+        .ws
+        .get_mut()
+        .set_read_timeout(Some(PATIENCE))
+        .unwrap();
+    answering.sync();
+    chatty.send_json(json!({"type": "chat", "text": "still here"}));
+    assert_eq!(answering.recv()["text"], "still here");
+    assert_eq!(server.stats()["keepalive_timeouts"], 0);
+}
+
+#[test]
+fn slow_consumer_is_closed_and_others_get_everything() {
+    let server =
+        ServerProcess::start(&["--max-message-size", "1000000", "--max-backlog", "4000000"]);
+    let mut stalled = Client::joined(&server, "stalled");
+    let mut healthy = RawClient::connect(&server);
+    healthy.send_json(json!({"type": "join", "user": "healthy"}));
+    healthy.send_json(json!({"type": "ping", "ts": 0}));
+    assert_eq!(healthy.recv_json(), json!({"type": "pong", "ts": 0}));
+    // The healthy client reads as fast as it can, in its own thread.
+    let reader = std::thread::spawn(move || {
+        let chats = (0..20)
+            .map(|_| healthy.read_frame().map(|(first, payload)| (first, payload.len())))
+            .filter(|frame| matches!(frame, Some((first, len)) if *first == FIN | TEXT && *len > 950_000))
+            .count();
+        (chats, healthy)
+    });
+    // The only sender, so it receives nothing and need not read.
+    let mut sender = Client::joined(&server, "sender");
+    let text = "x".repeat(950_000);
+    // Two bursts of 10 chats (the rate limit's burst), 19 MB in all: far
+    // more than the kernel buffers plus the backlog limit hold for `stalled`.
+    for burst in 0..2 {
+        if burst > 0 {
+            std::thread::sleep(Duration::from_millis(1_100));
+        }
+        for i in 0..10 {
+            sender.queue(json!({"type": "chat", "text": text, "ts": burst * 10 + i}));
+        }
+        sender.flush();
+    }
+    let (chats, _healthy) = reader.join().expect("reader thread");
+    assert_eq!(chats, 20);
+    assert_eq!(server.wait_counter("slow_consumer_closes", 1), 1);
+    assert_eq!(server.stats()["joined"], 2);
+    // The stalled client's stream ends (it is dropped at the close wait) instead of growing.
+    let stream = stalled.ws.get_mut();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut sink = vec![0u8; 1 << 16];
+    let mut received = 0usize;
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("stalled client: {e} after {received} bytes"),
+        }
+    }
+    assert!(
+        received < 20 * 950_000,
+        "the stalled client got everything ({received} bytes)"
+    );
+}
+
+#[test]
+fn duration_end_sends_1001_to_everyone_and_prints_statistics() {
+    let server = ServerProcess::start(&["--duration", "1"]);
+    let mut a = Client::joined(&server, "a");
+    let mut b = Client::joined(&server, "b");
+    let mut raw = RawClient::connect(&server);
+    raw.send_json(json!({"type": "join", "user": "raw"}));
+    a.send(json!({"type": "chat", "text": "before the end"}));
+    assert_eq!(b.recv()["text"], "before the end");
+    for client in [&mut a, &mut b] {
+        assert_eq!(client.recv_close(), Some(1001));
+        client.expect_clean_end();
+    }
+    assert_eq!(raw.recv_close(), Some(1001));
+    raw.finish_close(1001);
+    let (status, stdout) = server.wait_exit(PATIENCE);
+    assert!(status.success(), "{status:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"--- Statistics ---"), "{stdout}");
+    for prefix in [
+        "Total messages: 1",
+        "Processing time: ",
+        "Average latency: ",
+        "Throughput: ",
+        "Total connections: 3",
+        "Message drop rate: 0.00%",
+        "Deliveries: 2",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(prefix)),
+            "no {prefix:?} in {stdout}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_closes_clients_cleanly_and_exits_zero() {
+    let server = ServerProcess::start(&[]);
+    let mut a = Client::joined(&server, "a");
+    // One client that never answers our close: shutdown must not wait forever for it.
+    let mut mute = RawClient::connect(&server);
+    mute.send_json(json!({"type": "join", "user": "mute"}));
+    a.sync();
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_eq!(a.recv_close(), Some(1001));
+    a.expect_clean_end();
+    assert_eq!(mute.recv_close(), Some(1001));
+    let (status, stdout) = server.wait_exit(PATIENCE);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stdout.starts_with("--- Statistics ---\nTotal messages: 0\n"),
+        "{stdout}"
+    );
+    // The grace period for unanswered closes is 2 s.
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn out_of_file_descriptors_pauses_accept_without_spinning_then_recovers() {
+    // 64 descriptors, and a connection limit above what they allow.
+    let server = ServerProcess::start_with_fd_limit(64, &["--max-conns", "1000"]);
+    let mut a = Client::joined(&server, "a");
+    let mut b = Client::joined(&server, "b");
+    // More connections than free descriptors: the kernel queues the rest in the listen backlog.
+    let hogs: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(server.addr).expect("connect"))
+        .collect();
+    a.sync();
+    // Existing clients are served while the table is full...
+    a.send(json!({"type": "chat", "text": "still served"}));
+    assert_eq!(b.recv()["text"], "still served");
+    // ...and the loop does not spin retrying accept.
+    let before = server.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = server.cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(300),
+        "server used {used:?} of CPU in 1 s while out of descriptors"
+    );
+    // Once descriptors free up, new clients are accepted again.
+    drop(hogs);
+    let mut c = Client::joined(&server, "c");
+    c.send(json!({"type": "chat", "text": "new here"}));
+    assert_eq!(a.recv()["text"], "new here");
+    assert!(server.stats()["accept_pauses"].as_u64().unwrap() >= 1);
+}
