@@ -31,6 +31,8 @@ pub enum ProtocolError {
     ControlTooLong,
     /// A 64-bit payload length with the most significant bit set.
     LengthTopBit,
+    /// A length in a longer encoding than it needs (§5.2 requires the shortest).
+    NonMinimalLength,
     /// A continuation frame with no message started.
     UnexpectedContinuation,
     /// A new text or binary frame while a fragmented message is unfinished.
@@ -67,6 +69,7 @@ impl ProtocolError {
             Self::FragmentedControl => "fragmented control frame",
             Self::ControlTooLong => "control frame over 125 bytes",
             Self::LengthTopBit => "invalid 64-bit length",
+            Self::NonMinimalLength => "length not minimally encoded",
             Self::UnexpectedContinuation => "continuation without a message",
             Self::ExpectedContinuation => "new message inside a fragmented one",
             Self::CloseTooShort => "1-byte close payload",

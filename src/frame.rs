@@ -118,6 +118,10 @@ pub fn parse_header(buf: &[u8], role: Role) -> Result<Option<(Header, usize)>, P
         }
         short => u64::from(short),
     };
+    // §5.2: "the minimal number of bytes MUST be used to encode the length".
+    if (len7 == 126 && payload_len < 126) || (len7 == 127 && payload_len <= 0xFFFF) {
+        return Err(ProtocolError::NonMinimalLength);
+    }
     let header_len = 2 + len_bytes + if masked { 4 } else { 0 };
     if buf.len() < header_len {
         return Ok(None);
@@ -254,7 +258,12 @@ mod tests {
 
     #[test]
     fn header_errors_map_to_their_cause() {
-        let cases: [(&[u8], ProtocolError); 7] = [
+        let cases: [(&[u8], ProtocolError); 9] = [
+            (&[0x82, 0xFE, 0, 125], ProtocolError::NonMinimalLength),
+            (
+                &[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF],
+                ProtocolError::NonMinimalLength,
+            ),
             (&[0xC1, 0x80], ProtocolError::ReservedBits),
             (&[0x83, 0x80], ProtocolError::ReservedOpcode),
             (&[0x8B, 0x80], ProtocolError::ReservedOpcode),

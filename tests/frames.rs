@@ -18,6 +18,9 @@ fn protocol_violations_get_the_right_close_code() {
     let mut long_len = vec![FIN | BINARY, 0x80 | 127];
     long_len.extend_from_slice(&(1u64 << 63).to_be_bytes());
     long_len.extend_from_slice(&MASK);
+    let mut not_minimal = vec![FIN | TEXT, 0x80 | 126, 0, 2];
+    not_minimal.extend_from_slice(&MASK);
+    not_minimal.extend_from_slice(b"hi");
     let mut started = frame_bytes(TEXT, b"part", true);
     started.extend(frame_bytes(FIN | TEXT, b"new", true));
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
@@ -39,6 +42,7 @@ fn protocol_violations_get_the_right_close_code() {
         ),
         ("new message inside a fragmented one", started, 1002),
         ("64-bit length, top bit set", long_len, 1002),
+        ("length not minimally encoded", not_minimal, 1002),
         (
             "invalid UTF-8",
             frame_bytes(FIN | TEXT, b"ok\xff", true),
@@ -73,7 +77,7 @@ fn protocol_violations_get_the_right_close_code() {
         raw.expect_eof();
     }
     let stats = server.stats();
-    assert_eq!(stats["closed_protocol_error"], 15);
+    assert_eq!(stats["closed_protocol_error"], 16);
     assert_eq!(stats["closed_invalid_utf8"], 1);
 }
 
