@@ -43,6 +43,15 @@ pub struct Config {
     #[arg(long, value_name = "N")]
     pub max_conns: Option<usize>,
 
+    /// Most simultaneous connections from one IP address (more get 429); 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_conns_per_ip: u32,
+
+    /// Accept browser upgrades only from this Origin, e.g. https://chat.example.com
+    /// (repeatable; others get 403; requests without an Origin header are not browsers and pass).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+
     /// Conformance mode: echo every message on /ws instead of the chat protocol.
     #[arg(long)]
     pub echo: bool,
@@ -88,6 +97,15 @@ mod tests {
             (c.max_message_size, c.max_backlog, c.max_conns, c.echo),
             (65536, 1 << 20, None, false)
         );
+        assert_eq!((c.max_conns_per_ip, c.allowed_origins.len()), (0, 0));
+        let c = Config::parse_from([
+            "x",
+            "--allowed-origin",
+            "https://a.example",
+            "--allowed-origin",
+            "http://b",
+        ]);
+        assert_eq!(c.allowed_origins, ["https://a.example", "http://b"]);
     }
 
     #[test]

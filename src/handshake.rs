@@ -38,10 +38,14 @@ pub enum Reject {
     MethodNotAllowed,
     /// `Sec-WebSocket-Version` missing or not 13.
     UpgradeRequired,
+    /// A browser upgrade from an Origin not in `--allowed-origin`.
+    ForbiddenOrigin,
     /// The head is over `MAX_HEAD` bytes or has too many fields.
     HeadTooLarge,
     /// The server is at `--max-conns`.
     Unavailable,
+    /// The client's address is at `--max-conns-per-ip`.
+    TooManyFromAddress,
 }
 
 impl Reject {
@@ -51,9 +55,11 @@ impl Reject {
             Self::BadRequest => (400, "Bad Request"),
             Self::NotFound => (404, "Not Found"),
             Self::MethodNotAllowed => (405, "Method Not Allowed"),
+            Self::ForbiddenOrigin => (403, "Forbidden"),
             Self::UpgradeRequired => (426, "Upgrade Required"),
             Self::HeadTooLarge => (431, "Request Header Fields Too Large"),
             Self::Unavailable => (503, "Service Unavailable"),
+            Self::TooManyFromAddress => (429, "Too Many Requests"),
         }
     }
 
@@ -63,7 +69,7 @@ impl Reject {
         let extra = match self {
             Self::MethodNotAllowed => "Allow: GET\r\n",
             Self::UpgradeRequired => "Sec-WebSocket-Version: 13\r\n",
-            Self::Unavailable => "Retry-After: 1\r\n",
+            Self::Unavailable | Self::TooManyFromAddress => "Retry-After: 1\r\n",
             _ => "",
         };
         response(
@@ -76,8 +82,9 @@ impl Reject {
     }
 }
 
-/// Parses the request head at the start of `buf`.
-pub fn parse(buf: &[u8]) -> Result<Option<(Route, usize)>, Reject> {
+/// Parses the request head at the start of `buf`. A non-empty `allowed_origins`
+/// restricts which browser Origins may upgrade.
+pub fn parse(buf: &[u8], allowed_origins: &[String]) -> Result<Option<(Route, usize)>, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -99,13 +106,17 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Route, usize)>, Reject> {
     let route = match path {
         "/health" => Route::Health,
         "/stats" => Route::Stats,
-        _ => upgrade(version, req.headers)?,
+        _ => upgrade(version, req.headers, allowed_origins)?,
     };
     Ok(Some((route, head_len)))
 }
 
 /// RFC 6455 §4.2.1: the checks a WebSocket opening handshake must pass.
-fn upgrade(version: u8, headers: &[httparse::Header<'_>]) -> Result<Route, Reject> {
+fn upgrade(
+    version: u8,
+    headers: &[httparse::Header<'_>],
+    allowed_origins: &[String],
+) -> Result<Route, Reject> {
     if version != 1 {
         return Err(Reject::BadRequest);
     }
@@ -130,6 +141,22 @@ fn upgrade(version: u8, headers: &[httparse::Header<'_>]) -> Result<Route, Rejec
     let key = single("Sec-WebSocket-Key")?;
     if BASE64.decode(key).map_or(true, |k| k.len() != 16) {
         return Err(Reject::BadRequest);
+    }
+    // Browsers always send Origin, and a cross-site page cannot forge it. A
+    // client that sends none is not a browser, so the check does not apply.
+    let mut origins = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Origin"));
+    if let Some(origin) = origins.next()
+        && !allowed_origins.is_empty()
+        && (origins.next().is_some()
+            || !allowed_origins.iter().any(|allowed| {
+                allowed
+                    .as_bytes()
+                    .eq_ignore_ascii_case(origin.value.trim_ascii())
+            }))
+    {
+        return Err(Reject::ForbiddenOrigin);
     }
     if single("Sec-WebSocket-Version") != Ok(b"13") {
         return Err(Reject::UpgradeRequired);
@@ -193,7 +220,7 @@ mod tests {
     fn valid_upgrade_and_the_bytes_after_it() {
         let mut bytes = GOOD.as_bytes().to_vec();
         bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
-        let (route, n) = parse(&bytes).unwrap().unwrap();
+        let (route, n) = parse(&bytes, &[]).unwrap().unwrap();
         assert_eq!(
             route,
             Route::Upgrade {
@@ -206,7 +233,7 @@ mod tests {
     #[test]
     fn incomplete_at_every_split() {
         for cut in 0..GOOD.len() {
-            assert_eq!(parse(&GOOD.as_bytes()[..cut]), Ok(None), "cut {cut}");
+            assert_eq!(parse(&GOOD.as_bytes()[..cut], &[]), Ok(None), "cut {cut}");
         }
     }
 
@@ -215,7 +242,7 @@ mod tests {
         let req = with("Upgrade: websocket", "upGRADE: WebSocket")
             .replace("Connection: Upgrade", "connection: keep-alive, UPGRADE");
         assert!(matches!(
-            parse(req.as_bytes()),
+            parse(req.as_bytes(), &[]),
             Ok(Some((Route::Upgrade { .. }, _)))
         ));
     }
@@ -239,26 +266,67 @@ mod tests {
             ("\x16\x03\x01\x02\x00garbage\r\n\r\n".to_string(), 400),
         ];
         for (req, code) in cases {
-            let got = parse(req.as_bytes()).map_err(|r| r.status().0);
+            let got = parse(req.as_bytes(), &[]).map_err(|r| r.status().0);
             assert_eq!(got, Err(code), "{req:?}");
         }
     }
 
     #[test]
+    fn origins_outside_the_allowed_list_get_403() {
+        let allowed = [
+            "https://chat.example".to_string(),
+            "http://localhost:8080".to_string(),
+        ];
+        let with_origin = |origin: &str| {
+            with(
+                "Host: example.com\r\n",
+                &format!("Host: example.com\r\nOrigin: {origin}\r\n"),
+            )
+        };
+        let from = |origin: &str| parse(with_origin(origin).as_bytes(), &allowed);
+        assert!(matches!(
+            from("https://chat.example"),
+            Ok(Some((Route::Upgrade { .. }, _)))
+        ));
+        assert!(matches!(
+            from("HTTP://LOCALHOST:8080"),
+            Ok(Some((Route::Upgrade { .. }, _)))
+        ));
+        assert_eq!(from("https://evil.example"), Err(Reject::ForbiddenOrigin));
+        assert_eq!(from("null"), Err(Reject::ForbiddenOrigin));
+        // No Origin: not a browser. No list: every Origin passes.
+        assert!(matches!(
+            parse(GOOD.as_bytes(), &allowed),
+            Ok(Some((Route::Upgrade { .. }, _)))
+        ));
+        let evil = with_origin("https://evil.example");
+        assert!(matches!(
+            parse(evil.as_bytes(), &[]),
+            Ok(Some((Route::Upgrade { .. }, _)))
+        ));
+        // Two Origin headers are refused rather than guessed at.
+        let two = with_origin("https://chat.example\r\nOrigin: https://evil.example");
+        assert_eq!(
+            parse(two.as_bytes(), &allowed),
+            Err(Reject::ForbiddenOrigin)
+        );
+    }
+
+    #[test]
     fn oversized_heads_get_431() {
         let big = format!("GET /ws HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
-        assert_eq!(parse(big.as_bytes()), Err(Reject::HeadTooLarge));
+        assert_eq!(parse(big.as_bytes(), &[]), Err(Reject::HeadTooLarge));
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
         let req = format!("GET /ws HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(parse(req.as_bytes()), Err(Reject::HeadTooLarge));
+        assert_eq!(parse(req.as_bytes(), &[]), Err(Reject::HeadTooLarge));
     }
 
     #[test]
     fn other_routes_and_query_strings() {
         let health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(parse(health), Ok(Some((Route::Health, health.len()))));
+        assert_eq!(parse(health, &[]), Ok(Some((Route::Health, health.len()))));
         let stats = b"GET /stats?pretty HTTP/1.0\r\n\r\n";
-        assert_eq!(parse(stats), Ok(Some((Route::Stats, stats.len()))));
+        assert_eq!(parse(stats, &[]), Ok(Some((Route::Stats, stats.len()))));
     }
 
     #[test]

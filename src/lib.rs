@@ -11,6 +11,7 @@ pub mod config;
 mod connection;
 pub mod frame;
 pub mod handshake;
+pub mod ip_limit;
 pub mod message;
 mod outbox;
 pub mod protocol;

@@ -6,8 +6,10 @@
 //! a relay never re-escapes the text.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use serde::Deserialize;
+use serde::de::{Deserializer, Visitor};
 use serde_json::value::RawValue;
 
 use crate::frame::{self, OpCode};
@@ -81,13 +83,49 @@ pub fn parse(text: &str) -> Result<Request<'_>, Ignored> {
             }
         }
         "chat" => match wire.text {
-            Some(text) if text.get().starts_with('"') => Ok(Request::Chat { text, ts: wire.ts }),
+            Some(text) if is_string(text) && wire.ts.is_none_or(is_strict) => {
+                Ok(Request::Chat { text, ts: wire.ts })
+            }
             _ => Err(Ignored::Malformed),
         },
-        "ping" => Ok(Request::Ping { ts: wire.ts }),
+        "ping" if wire.ts.is_none_or(is_strict) => Ok(Request::Ping { ts: wire.ts }),
+        "ping" => Err(Ignored::Malformed),
         "pong" => Ok(Request::Pong),
         "leave" => Ok(Request::Leave),
         _ => Err(Ignored::UnknownType),
+    }
+}
+
+/// Whether raw JSON is a string of valid Unicode (escapes included).
+///
+/// Raw values are relayed as sent, so they must be JSON every client can
+/// parse: serde_json's raw and skip paths accept a lone surrogate escape.
+fn is_string(raw: &RawValue) -> bool {
+    serde_json::from_str::<UnicodeString>(raw.get()).is_ok()
+}
+
+/// Whether raw JSON parses under strict rules: no number beyond the range of
+/// a double, no lone surrogate. (A number allocates nothing here.)
+fn is_strict(raw: &RawValue) -> bool {
+    serde_json::from_str::<serde_json::Value>(raw.get()).is_ok()
+}
+
+/// A JSON string, checked and dropped: no allocation unless it has escapes.
+struct UnicodeString;
+
+impl<'de> Deserialize<'de> for UnicodeString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Check;
+        impl Visitor<'_> for Check {
+            type Value = UnicodeString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<UnicodeString, E> {
+                Ok(UnicodeString)
+            }
+        }
+        deserializer.deserialize_str(Check)
     }
 }
 
@@ -205,6 +243,20 @@ mod tests {
                 Ignored::WrongRoom,
             ),
             (r#"{"type":"join"}"#, Ignored::InvalidName),
+            // Relayed as sent, so it must be JSON that strict parsers accept.
+            (
+                r#"{"type":"chat","text":"x","ts":17e0200000000}"#,
+                Ignored::Malformed,
+            ),
+            (
+                r#"{"type":"chat","text":"lone \ud800 surrogate"}"#,
+                Ignored::Malformed,
+            ),
+            (
+                r#"{"type":"chat","text":"x","ts":"\udc00"}"#,
+                Ignored::Malformed,
+            ),
+            (r#"{"type":"ping","ts":-1e400}"#, Ignored::Malformed),
             (r#"{"type":"join","user":""}"#, Ignored::InvalidName),
             (r#"{"type":"join","user":"a\nb"}"#, Ignored::InvalidName),
         ];

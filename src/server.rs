@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::connection::{Connection, Phase};
 use crate::frame::{self, OpCode, Role};
 use crate::handshake::{self, Reject, Route};
+use crate::ip_limit::IpLimit;
 use crate::message::{Event, Limits, MessageReader};
 use crate::outbox::Flushed;
 use crate::room::Room;
@@ -63,6 +64,8 @@ pub struct Server {
     /// Read end of the pipe the signal handler writes to.
     signals: UnixStream,
     conns: Slab<Connection>,
+    /// `Some` when `--max-conns-per-ip` is set.
+    ip_limit: Option<IpLimit>,
     room: Room,
     /// Entries are (slab key, connection id); see `expire_timers` for stale ones.
     timers: TimerWheel<(u32, u32)>,
@@ -131,6 +134,7 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
 
+        let ip_limit = (config.max_conns_per_ip > 0).then(|| IpLimit::new(config.max_conns_per_ip));
         let default_max = fd_limit.saturating_sub(RESERVED_FDS).clamp(1, 1 << 24) as usize;
         Ok(Self {
             max_conns: config.max_conns.unwrap_or(default_max),
@@ -139,6 +143,8 @@ impl Server {
             listener,
             signals,
             conns: Slab::new(),
+            ip_limit,
+
             room: Room::default(),
             timers: TimerWheel::new(WHEEL_SLOTS, WHEEL_TICK_MS, 0),
             stats: Counters::default(),
@@ -238,8 +244,8 @@ impl Server {
             return;
         }
         loop {
-            let mut stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -281,6 +287,10 @@ impl Server {
             self.set_timer(key, now + self.config.handshake_timeout_ms);
             if self.conns.len() > self.max_conns {
                 self.reject(key, Reject::Unavailable, now);
+            } else if let Some(limit) = &mut self.ip_limit
+                && !limit.admit(key, peer.ip())
+            {
+                self.reject(key, Reject::TooManyFromAddress, now);
             }
         }
     }
@@ -383,7 +393,10 @@ impl Server {
                 if !first_read {
                     head.extend_from_slice(data);
                 }
-                let parsed = handshake::parse(if first_read { data } else { head });
+                let parsed = handshake::parse(
+                    if first_read { data } else { head },
+                    &self.config.allowed_origins,
+                );
                 match parsed {
                     Ok(None) if first_read => head.extend_from_slice(data),
                     Ok(None) => {}
@@ -589,8 +602,9 @@ impl Server {
         };
         conn.outbox.push(frame);
         // Our answers to this peer pile up (a ping flood, say): stop reading it until they drain.
-        if conn.outbox.bytes() >= self.config.max_backlog {
+        if conn.outbox.bytes() >= self.config.max_backlog && !conn.read_paused {
             conn.read_paused = true;
+            self.stats.read_pauses += 1;
         }
         self.mark_dirty(key);
     }
@@ -691,6 +705,9 @@ impl Server {
 
     fn drop_conn(&mut self, key: usize) {
         self.leave_room(key);
+        if let Some(limit) = &mut self.ip_limit {
+            limit.release(key);
+        }
         // Closing the socket also takes it out of the poll set.
         self.conns.try_remove(key);
     }

@@ -43,8 +43,12 @@ pub struct Counters {
     pub http_not_found: u64,
     pub http_method_not_allowed: u64,
     pub http_upgrade_required: u64,
+    pub http_forbidden_origin: u64,
     pub http_head_too_large: u64,
     pub refused_max_conns: u64,
+    pub refused_per_ip: u64,
+    /// Times reading from a client stopped because our answers to it piled up.
+    pub read_pauses: u64,
     pub accept_pauses: u64,
 }
 
@@ -88,8 +92,10 @@ impl Counters {
             Reject::NotFound => &mut self.http_not_found,
             Reject::MethodNotAllowed => &mut self.http_method_not_allowed,
             Reject::UpgradeRequired => &mut self.http_upgrade_required,
+            Reject::ForbiddenOrigin => &mut self.http_forbidden_origin,
             Reject::HeadTooLarge => &mut self.http_head_too_large,
             Reject::Unavailable => &mut self.refused_max_conns,
+            Reject::TooManyFromAddress => &mut self.refused_per_ip,
         } += 1;
     }
 

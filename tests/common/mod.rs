@@ -209,7 +209,10 @@ pub struct Client {
 
 impl Client {
     pub fn connect(server: &ServerProcess) -> Self {
-        let stream = TcpStream::connect(server.addr).expect("connect");
+        Self::upgrade(TcpStream::connect(server.addr).expect("connect"), server)
+    }
+
+    fn upgrade(stream: TcpStream, server: &ServerProcess) -> Self {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream.set_nodelay(true).unwrap();
         let (ws, response) = tungstenite::client(server.url(), stream).expect("handshake");
@@ -219,7 +222,13 @@ impl Client {
 
     /// Connects and joins as `name`; returns once the server has processed the join.
     pub fn joined(server: &ServerProcess, name: &str) -> Self {
-        let mut client = Self::connect(server);
+        let stream = TcpStream::connect(server.addr).expect("connect");
+        Self::joined_over(stream, server, name)
+    }
+
+    /// Upgrades `stream` and joins as `name`.
+    pub fn joined_over(stream: TcpStream, server: &ServerProcess, name: &str) -> Self {
+        let mut client = Self::upgrade(stream, server);
         client.send(json!({"type": "join", "room": "public", "user": name}));
         client.sync();
         client
@@ -480,5 +489,92 @@ impl RawClient {
             other => panic!("expected silence, got {other:?} {:?}", &chunk[..]),
         }
         self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+}
+
+/// Connects from a chosen loopback source address (e.g. 127.0.0.2).
+pub fn connect_from(source: &str, server: &ServerProcess) -> TcpStream {
+    connect_with(source, None, server)
+}
+
+/// Connects from `source`, optionally with a small receive buffer (so the
+/// kernel holds little for a client that stops reading).
+pub fn connect_with(
+    source: &str,
+    receive_buffer: Option<usize>,
+    server: &ServerProcess,
+) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    let from: SocketAddr = format!("{source}:0").parse().expect("source address");
+    socket.bind(&from.into()).expect("bind the source address");
+    socket.connect(&server.addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+/// A healthy conversation kept going in the background while a test attacks
+/// the server: `talker` sends a numbered chat every 200 ms and `listener`
+/// must receive each one, in order.
+pub struct Chatter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<ChatterReport>,
+}
+
+/// What the healthy conversation saw.
+#[derive(Debug)]
+pub struct ChatterReport {
+    pub sent: u64,
+    pub received_in_order: u64,
+    pub worst_delay: Duration,
+}
+
+impl Chatter {
+    pub fn start(server: &ServerProcess) -> Self {
+        let mut talker = Client::joined(server, "talker");
+        let mut listener = Client::joined(server, "listener");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut report = ChatterReport {
+                sent: 0,
+                received_in_order: 0,
+                worst_delay: Duration::ZERO,
+            };
+            // At least three exchanges, so the conversation spans the attack.
+            while report.sent < 3 || !stopping.load(Ordering::Relaxed) {
+                let sent_at = Instant::now();
+                talker.send(json!({"type": "chat", "text": "healthy", "ts": report.sent}));
+                report.sent += 1;
+                // Skip chats from others (an attack may chat too); ours must come next, in order.
+                loop {
+                    let message = listener.recv();
+                    if message["user"] == "talker" {
+                        if message["ts"] == report.received_in_order {
+                            report.received_in_order += 1;
+                        }
+                        break;
+                    }
+                }
+                report.worst_delay = report.worst_delay.max(sent_at.elapsed());
+                std::thread::sleep(Duration::from_millis(200).saturating_sub(sent_at.elapsed()));
+            }
+            report
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the conversation and checks it was undisturbed.
+    pub fn finish(self) -> ChatterReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let report = self.thread.join().expect("the healthy conversation failed");
+        assert_eq!(report.received_in_order, report.sent, "{report:?}");
+        // A stalled loop shows up as seconds; a busy shared machine as milliseconds.
+        assert!(report.worst_delay < Duration::from_secs(2), "{report:?}");
+        report
     }
 }

@@ -1,0 +1,309 @@
+//! Hostile clients. In each test a healthy conversation goes on in the
+//! background and must see no disturbance, while another client misbehaves
+//! and gets its defined answer, counted in /stats.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Reads until the server ends the stream; fails on a timeout.
+fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
+            Err(e) => panic!("no end of stream: {e}"),
+        }
+    }
+}
+
+#[test]
+fn handshake_one_byte_per_second_is_closed_at_the_timeout() {
+    let server = ServerProcess::start(&["--handshake-timeout", "2"]);
+    let chatter = Chatter::start(&server);
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(1_000)))
+        .unwrap();
+    let started = Instant::now();
+    let request = upgrade_request("");
+    let mut closed_after = None;
+    for byte in request.as_bytes() {
+        if slow.write_all(&[*byte]).is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        // Each wait is a second; the server ends the stream when the timeout strikes.
+        match slow.read(&mut [0u8; 16]) {
+            Ok(0) | Err(_) if started.elapsed() >= Duration::from_millis(1_500) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(n) if n > 0 => panic!("the server answered a partial request"),
+            _ => {}
+        }
+    }
+    let closed_after = closed_after.expect("never closed");
+    assert!(
+        closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?}"
+    );
+    chatter.finish();
+    assert_eq!(server.stats()["handshake_timeouts"], 1);
+}
+
+#[test]
+fn huge_headers_get_431_and_garbage_gets_400() {
+    let server = ServerProcess::start(&[]);
+    let chatter = Chatter::start(&server);
+    // 100 KiB of headers.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut request = b"GET /ws HTTP/1.1\r\nHost: t\r\n".to_vec();
+    while request.len() < 100 * 1024 {
+        request.extend_from_slice(
+            format!("X-Filler-{}: {}\r\n", request.len(), "y".repeat(200)).as_bytes(),
+        );
+    }
+    request.extend_from_slice(b"\r\n");
+    // The server answers after 8 KiB and keeps reading (and discarding) the rest.
+    stream.write_all(&request).unwrap();
+    let response = String::from_utf8_lossy(&read_to_end(&mut stream)).into_owned();
+    assert_eq!(split_response(&response).0, 431, "{response}");
+    // Bytes that are not HTTP at all.
+    let response = http_raw(
+        server.addr,
+        &[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03,
+        ],
+    );
+    assert_eq!(split_response(&response).0, 400, "{response}");
+    let response = http_raw(server.addr, b"\x00\x01\x02\x03\r\n\r\n");
+    assert_eq!(split_response(&response).0, 400, "{response}");
+    chatter.finish();
+    let stats = server.stats();
+    assert_eq!(stats["http_head_too_large"], 1);
+    assert_eq!(stats["http_bad_request"], 2);
+}
+
+#[test]
+fn frame_header_claiming_2_pow_62_bytes_gets_1009_and_no_allocation() {
+    let server = ServerProcess::start(&[]);
+    let chatter = Chatter::start(&server);
+    let before = server.rss_kib();
+    for _ in 0..20 {
+        let mut raw = RawClient::connect(&server);
+        let mut header = vec![FIN | BINARY, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        header.extend_from_slice(&MASK);
+        raw.send_raw(&header);
+        assert_eq!(raw.recv_close(), Some(1009));
+        raw.expect_eof();
+    }
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(grown < 1024, "RSS grew by {grown} KiB");
+    chatter.finish();
+    assert_eq!(server.stats()["closed_message_too_big"], 20);
+}
+
+#[test]
+fn ten_thousand_tiny_fragments_make_one_message() {
+    let server = ServerProcess::start(&[]);
+    let chatter = Chatter::start(&server);
+    let mut listener = Client::joined(&server, "watcher");
+    let mut raw = RawClient::connect(&server);
+    raw.send_json(json!({"type": "join", "user": "fragmenter"}));
+    let text = "f".repeat(10_000);
+    let message = json!({"type": "chat", "text": text}).to_string();
+    let bytes = message.as_bytes();
+    // One byte per frame, plus 1,000 empty continuation frames in the middle.
+    let mut wire = frame_bytes(TEXT, &bytes[..1], true);
+    for (i, byte) in bytes[1..bytes.len() - 1].iter().enumerate() {
+        wire.extend(frame_bytes(CONTINUATION, &[*byte], true));
+        if i == 5_000 {
+            for _ in 0..1_000 {
+                wire.extend(frame_bytes(CONTINUATION, b"", true));
+            }
+        }
+    }
+    wire.extend(frame_bytes(
+        FIN | CONTINUATION,
+        &bytes[bytes.len() - 1..],
+        true,
+    ));
+    let cpu_before = server.cpu_time();
+    raw.send_raw(&wire);
+    let got = loop {
+        let m = listener.recv();
+        if m["user"] == "fragmenter" {
+            break m;
+        }
+    };
+    assert_eq!(got["text"].as_str().map(str::len), Some(10_000));
+    // Bounded work: 11,000 frames cost about what 80 KB of any frames cost.
+    let cpu = server.cpu_time() - cpu_before;
+    assert!(
+        cpu < Duration::from_millis(500),
+        "{cpu:?} of CPU for the fragments"
+    );
+    chatter.finish();
+}
+
+#[test]
+fn ping_flood_is_answered_without_unbounded_queueing() {
+    let server = ServerProcess::start(&["--max-backlog", "65536"]);
+    let chatter = Chatter::start(&server);
+    let before = server.rss_kib();
+    let mut raw = RawClient::connect(&server);
+    let mut flood = Vec::new();
+    for i in 0..10_000u32 {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.resize(125, b'p');
+        flood.extend(frame_bytes(FIN | PING, &payload, true));
+    }
+    // Sent from another thread: the server stops reading while its pongs pile up,
+    // so this write blocks until we read.
+    let mut writer = raw.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&flood).map(|_| ()));
+    sleep(Duration::from_millis(500));
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 4 * 1024,
+        "RSS grew by {grown} KiB while the flood was unread"
+    );
+    for i in 0..10_000u32 {
+        let (first, payload) = raw.read_frame().expect("a pong");
+        assert_eq!(first, FIN | PONG);
+        assert_eq!(payload[..4], i.to_be_bytes(), "pong {i}");
+    }
+    sender.join().unwrap().expect("the flood was sent");
+    chatter.finish();
+    assert!(server.stats()["read_pauses"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn invalid_close_codes_get_1002() {
+    let server = ServerProcess::start(&[]);
+    let chatter = Chatter::start(&server);
+    for code in [0u16, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000, 65535] {
+        let mut raw = RawClient::connect(&server);
+        raw.send_frame(FIN | CLOSE, &code.to_be_bytes());
+        assert_eq!(raw.recv_close(), Some(1002), "code {code}");
+        raw.expect_eof();
+    }
+    chatter.finish();
+    assert_eq!(server.stats()["closed_protocol_error"], 10);
+}
+
+#[test]
+fn a_client_that_stops_reading_cannot_grow_server_memory() {
+    let server = ServerProcess::start(&["--max-backlog", "262144"]);
+    let chatter = Chatter::start(&server);
+    // A 4 KB receive buffer: the kernel holds little for it, so the backlog limit is what bounds it.
+    let small = connect_with("127.0.0.1", Some(4096), &server);
+    let _stalled = Client::joined_over(small, &server, "stalled");
+    let mut loud = Client::joined(&server, "loud");
+    let text = "L".repeat(60_000);
+    let mut rss = Vec::new();
+    // 6 s of 10 chats/s of 60 KB: 3.6 MB offered to a client that reads nothing.
+    let started = Instant::now();
+    for i in 0..60u64 {
+        loud.send(json!({"type": "chat", "text": text, "ts": i}));
+        if i % 10 == 9 {
+            rss.push(server.rss_kib());
+        }
+        sleep(
+            Duration::from_millis(100)
+                .saturating_sub(started.elapsed() - Duration::from_millis(100 * i)),
+        );
+    }
+    assert_eq!(server.wait_counter("slow_consumer_closes", 1), 1);
+    // Flat: after the first seconds, memory does not grow with what is offered.
+    let (early, late) = (rss[1], *rss.last().unwrap());
+    assert!(
+        late <= early + 1024,
+        "RSS went from {early} KiB to {late} KiB: {rss:?}"
+    );
+    chatter.finish();
+}
+
+#[test]
+fn a_client_that_vanishes_is_dropped_by_keepalive() {
+    let server = ServerProcess::start(&["--ping-interval", "0.3", "--pong-timeout", "1"]);
+    let chatter = Chatter::start(&server);
+    // Joins, then never reads, writes or closes again: to the server, gone.
+    let mut ghost = RawClient::connect(&server);
+    ghost.send_json(json!({"type": "join", "user": "ghost"}));
+    assert_eq!(server.wait_counter("keepalive_timeouts", 1), 1);
+    let stats = server.stats();
+    assert_eq!(stats["joined"], 2, "{stats}");
+    chatter.finish();
+}
+
+#[test]
+fn max_conns_per_ip_refuses_the_excess_with_429() {
+    let server = ServerProcess::start(&["--max-conns-per-ip", "3"]);
+    // The chatter holds two connections from 127.0.0.1.
+    let chatter = Chatter::start(&server);
+    let third = RawClient::connect(&server);
+    let response = http_raw(server.addr, upgrade_request("").as_bytes());
+    let (status, head, _) = split_response(&response);
+    assert_eq!(status, 429, "{response}");
+    assert!(head.contains("Retry-After:"), "{head}");
+    // Another address has its own allowance.
+    let mut other = connect_from("127.0.0.2", &server);
+    other.write_all(upgrade_request("").as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    other.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // A slot freed on 127.0.0.1 is usable again.
+    drop(third);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let response = http_raw(server.addr, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        if split_response(&response).0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot never came back");
+        sleep(Duration::from_millis(50));
+    }
+    chatter.finish();
+    assert_eq!(server.stats()["refused_per_ip"], 1);
+}
+
+#[test]
+fn upgrades_from_origins_not_allowed_get_403() {
+    let server = ServerProcess::start(&[
+        "--allowed-origin",
+        "https://chat.example",
+        "--allowed-origin",
+        "http://localhost:8080",
+    ]);
+    let chatter = Chatter::start(&server);
+    let cases = [
+        ("Origin: https://evil.example\r\n", 403),
+        ("Origin: https://chat.example.evil.example\r\n", 403),
+        ("Origin: null\r\n", 403),
+        ("Origin: https://chat.example\r\n", 101),
+        ("Origin: http://localhost:8080\r\n", 101),
+        ("", 101),
+    ];
+    for (origin, want) in cases {
+        let mut raw = RawClient::connect_with(&server, upgrade_request(origin).as_bytes());
+        let head = raw.read_head();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {want} ")),
+            "{origin:?}: {head}"
+        );
+    }
+    chatter.finish();
+    assert_eq!(server.stats()["http_forbidden_origin"], 3);
+}
