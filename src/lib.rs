@@ -2,8 +2,8 @@
 //! mio event loop with a hand-written RFC 6455 implementation.
 //!
 //! The sans-IO core (no sockets, no clock reads) is `frame`, `message`,
-//! `utf8`, `close`, `handshake`, `protocol`, `chat`, `rate_limit`, `room`
-//! and `timer_wheel`; `server` is the event loop that owns the sockets.
+//! `utf8`, `close`, `handshake`, `protocol`, `chat`, `rate_limit`, `room`,
+//! `timer_wheel` and `ip_limit`; `server` is the event loop that owns the sockets.
 
 pub mod chat;
 pub mod close;
