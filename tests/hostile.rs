@@ -307,3 +307,28 @@ fn upgrades_from_origins_not_allowed_get_403() {
     chatter.finish();
     assert_eq!(server.stats()["http_forbidden_origin"], 3);
 }
+
+#[test]
+fn running_out_of_file_descriptors_pauses_accept_without_spinning_then_recovers() {
+    // 64 descriptors, and a connection limit above what they allow.
+    let server = ServerProcess::start_with_fd_limit(64, &["--max-conns", "1000"]);
+    let chatter = Chatter::start(&server);
+    // More connections than free descriptors: the kernel queues the rest in the listen backlog.
+    let hogs: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(server.addr).expect("connect"))
+        .collect();
+    // The conversation goes on, and the loop does not spin retrying accept.
+    let before = server.cpu_time();
+    sleep(Duration::from_secs(1));
+    let used = server.cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(300),
+        "{used:?} of CPU in 1 s while out of descriptors"
+    );
+    // Once descriptors free up, new clients are accepted again.
+    drop(hogs);
+    let mut late = Client::joined(&server, "late");
+    late.sync();
+    chatter.finish();
+    assert!(server.stats()["accept_pauses"].as_u64().unwrap() >= 1);
+}
