@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{Deserializer, Visitor};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::frame::{self, OpCode};
@@ -105,9 +105,52 @@ fn is_string(raw: &RawValue) -> bool {
 }
 
 /// Whether raw JSON parses under strict rules: no number beyond the range of
-/// a double, no lone surrogate. (A number allocates nothing here.)
+/// a double, no lone surrogate. Nothing is built, so nothing is allocated.
 fn is_strict(raw: &RawValue) -> bool {
-    serde_json::from_str::<serde_json::Value>(raw.get()).is_ok()
+    serde_json::from_str::<StrictAny>(raw.get()).is_ok()
+}
+
+/// Any JSON value, walked and dropped. Unlike `IgnoredAny`, which skips
+/// tokens unparsed, it makes serde_json parse every number and string.
+struct StrictAny;
+
+impl<'de> Deserialize<'de> for StrictAny {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Walk;
+        impl<'de> Visitor<'de> for Walk {
+            type Value = StrictAny;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<StrictAny, E> {
+                Ok(StrictAny)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<StrictAny, E> {
+                Ok(StrictAny)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<StrictAny, E> {
+                Ok(StrictAny)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<StrictAny, E> {
+                Ok(StrictAny)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<StrictAny, E> {
+                Ok(StrictAny)
+            }
+            fn visit_unit<E>(self) -> Result<StrictAny, E> {
+                Ok(StrictAny)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrictAny, A::Error> {
+                while seq.next_element::<StrictAny>()?.is_some() {}
+                Ok(StrictAny)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictAny, A::Error> {
+                while map.next_entry::<StrictAny, StrictAny>()?.is_some() {}
+                Ok(StrictAny)
+            }
+        }
+        deserializer.deserialize_any(Walk)
+    }
 }
 
 /// A JSON string, checked and dropped: no allocation unless it has escapes.
@@ -213,6 +256,8 @@ mod tests {
             parse(r#"{"type":"ping","ts":1700000000000}"#),
             Ok(Request::Ping { ts: Some(_) })
         ));
+        let nested = r#"{"type":"chat","text":"hi","ts":{"a":1,"b":[true,null,"x",-2.5e10,18446744073709551616]}}"#;
+        assert!(matches!(parse(nested), Ok(Request::Chat { .. })));
         assert!(matches!(
             parse(r#"{"type":"pong","ts":1}"#),
             Ok(Request::Pong)
@@ -257,6 +302,14 @@ mod tests {
                 Ignored::Malformed,
             ),
             (r#"{"type":"ping","ts":-1e400}"#, Ignored::Malformed),
+            (
+                r#"{"type":"chat","text":"x","ts":{"deep":[1,{"n":1e999}]}}"#,
+                Ignored::Malformed,
+            ),
+            (
+                r#"{"type":"chat","text":"x","ts":["\ud800"]}"#,
+                Ignored::Malformed,
+            ),
             (r#"{"type":"join","user":""}"#, Ignored::InvalidName),
             (r#"{"type":"join","user":"a\nb"}"#, Ignored::InvalidName),
         ];
