@@ -1,0 +1,123 @@
+//! `connect`: open N connections that join and then stay idle. Reports
+//! handshakes/s and their latency, then the server's memory per connection.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::fleet::{Ending, Fleet, Handler};
+use crate::histogram::Histogram;
+use crate::{Report, ServerWatch};
+
+pub struct Settings {
+    pub connections: usize,
+    /// Handshakes in flight at once.
+    pub concurrency: usize,
+}
+
+struct Connect {
+    opened: usize,
+    joined: usize,
+    failed: u64,
+    handshake: Histogram,
+}
+
+impl Handler for Connect {
+    fn opened(&mut self, fleet: &mut Fleet, key: usize, took: Duration) {
+        self.opened += 1;
+        self.handshake.record(took.as_micros() as u64);
+        fleet.send_text(
+            key,
+            json!({"type": "join", "user": format!("idle{key}")})
+                .to_string()
+                .as_bytes(),
+        );
+        fleet.send_text(key, br#"{"type":"ping","ts":0}"#);
+    }
+
+    fn text(&mut self, _fleet: &mut Fleet, _key: usize, payload: &[u8]) {
+        if payload.get(9) == Some(&b'p') {
+            self.joined += 1;
+        }
+    }
+
+    fn closed(&mut self, _fleet: &mut Fleet, _key: usize, _ending: Ending) {
+        self.failed += 1;
+    }
+}
+
+pub fn run(
+    fleet: &mut Fleet,
+    settings: &Settings,
+    server: &ServerWatch,
+) -> std::io::Result<Report> {
+    let mut state = Connect {
+        opened: 0,
+        joined: 0,
+        failed: 0,
+        handshake: Histogram::new(),
+    };
+    let (server_before, own_before) = (server.sample(), crate::own_sample());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut started_connects = 0;
+    while (state.joined as u64 + state.failed) < settings.connections as u64
+        && Instant::now() < deadline
+    {
+        // Keep `concurrency` handshakes in flight.
+        while started_connects < settings.connections
+            && started_connects - state.opened - (state.failed as usize) < settings.concurrency
+        {
+            if fleet.connect().is_err() {
+                state.failed += 1;
+            }
+            started_connects += 1;
+        }
+        fleet.turn(Some(Duration::from_millis(50)), &mut state)?;
+    }
+    let elapsed = started.elapsed();
+    let own_after = crate::own_sample();
+    let server_cpu_after = server.sample();
+    // Let the server settle before reading its memory.
+    let settle = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < settle {
+        fleet.turn(Some(Duration::from_millis(50)), &mut state)?;
+    }
+    let server_after = server.sample();
+
+    let mut report = Report::new("connect", elapsed);
+    report.set("connections", state.joined as f64);
+    report.set("failed", state.failed as f64);
+    report.set(
+        "handshakes_per_sec",
+        state.opened as f64 / elapsed.as_secs_f64(),
+    );
+    report.set(
+        "handshake_p50_ms",
+        state.handshake.percentile(50.0) as f64 / 1000.0,
+    );
+    report.set(
+        "handshake_p99_ms",
+        state.handshake.percentile(99.0) as f64 / 1000.0,
+    );
+    report.cpu(
+        server_before,
+        server_cpu_after,
+        own_before,
+        own_after,
+        elapsed,
+        "handshakes",
+        state.opened as u64,
+    );
+    if let (Some(before), Some(after)) = (server_before, server_after)
+        && state.joined > 0
+    {
+        report.set("server_rss_before_kib", before.rss_kib as f64);
+        report.set("server_rss_after_kib", after.rss_kib as f64);
+        report.set(
+            "server_bytes_per_connection",
+            (after.rss_kib.saturating_sub(before.rss_kib) * 1024) as f64 / state.joined as f64,
+        );
+    }
+    Ok(report)
+}

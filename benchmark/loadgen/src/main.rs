@@ -1,0 +1,306 @@
+//! Load generator for websocket-public-chat (and any server speaking its
+//! protocol): one mio event loop, by default one thread, so it can be pinned
+//! to one core and the server to another. Loopback targets only; every mode
+//! ends by itself.
+
+mod churn;
+mod connect;
+mod fanout;
+mod fleet;
+mod histogram;
+mod procstat;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use fleet::{Fleet, Target};
+use histogram::Histogram;
+use procstat::Sample;
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Load generator for websocket-public-chat")]
+struct Cli {
+    /// Server WebSocket URL (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", global = true)]
+    url: String,
+    /// PID of the server, to report its CPU time and memory.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Connect from 127.0.0.1, .2, ... (20,000 connections each) to go past one address's ports.
+    #[arg(long, global = true)]
+    spread_sources: bool,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// N joined connections; S senders × R chats/s; deliveries/s, ratio, latency.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        senders: usize,
+        /// Chats per second per sender.
+        #[arg(long, default_value_t = 9.0)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// Open N joined idle connections; handshakes/s, latency, server memory per connection.
+    Connect {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Handshakes in flight at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+    /// L loops of connect → join → leave → close at full speed; cycles/s, errors, unclean closes.
+    Churn {
+        #[arg(long, default_value_t = 200)]
+        loops: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+}
+
+/// Microseconds since the generator started: the time embedded in chats.
+pub struct Clock(Instant);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl Clock {
+    pub fn micros(&self) -> u64 {
+        self.0.elapsed().as_micros() as u64
+    }
+}
+
+/// A chat padded to exactly 128 bytes of JSON, carrying its send time.
+pub fn chat_payload(ts: u64) -> Vec<u8> {
+    let head = br#"{"type":"chat","text":""#;
+    let tail = format!(r#"","ts":{ts}}}"#);
+    let pad = 128usize.saturating_sub(head.len() + tail.len());
+    let mut payload = Vec::with_capacity(128);
+    payload.extend_from_slice(head);
+    payload.resize(head.len() + pad, b'.');
+    payload.extend_from_slice(tail.as_bytes());
+    payload
+}
+
+/// The `ts` number at the end of a relayed chat (`..."ts":123}`).
+pub fn json_ts(payload: &[u8]) -> Option<u64> {
+    let colon = payload.iter().rposition(|&b| b == b':')?;
+    let digits = payload.get(colon + 1..payload.len().checked_sub(1)?)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Where the server's figures come from.
+pub struct ServerWatch(Option<String>);
+
+impl ServerWatch {
+    pub fn sample(&self) -> Option<Sample> {
+        self.0.as_deref().and_then(procstat::sample)
+    }
+}
+
+pub fn own_sample() -> Option<Sample> {
+    procstat::sample("self")
+}
+
+/// Named figures in a fixed order, printed as text or one JSON object.
+pub struct Report {
+    mode: &'static str,
+    figures: Vec<(String, f64)>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    pub fn new(mode: &'static str, elapsed: Duration) -> Self {
+        let mut report = Self {
+            mode,
+            figures: Vec::new(),
+            notes: Vec::new(),
+        };
+        report.set("elapsed_s", elapsed.as_secs_f64());
+        report
+    }
+
+    pub fn set(&mut self, name: &str, value: f64) {
+        self.figures.push((name.to_string(), value));
+    }
+
+    pub fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    pub fn latency(&mut self, h: &Histogram) {
+        self.set("latency_samples", h.count() as f64);
+        for (name, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9)] {
+            self.set(
+                &format!("latency_{name}_ms"),
+                h.percentile(p) as f64 / 1000.0,
+            );
+        }
+        self.set("latency_max_ms", h.max() as f64 / 1000.0);
+    }
+
+    /// CPU of the server (per `unit` done) and of the generator itself.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cpu(
+        &mut self,
+        server_before: Option<Sample>,
+        server_after: Option<Sample>,
+        own_before: Option<Sample>,
+        own_after: Option<Sample>,
+        elapsed: Duration,
+        unit: &str,
+        done: u64,
+    ) {
+        if let (Some(before), Some(after)) = (server_before, server_after) {
+            let cpu = after.cpu.saturating_sub(before.cpu);
+            self.set("server_cpu_s", cpu.as_secs_f64());
+            self.set(
+                "server_cpu_percent",
+                100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
+            );
+            if done > 0 {
+                let per = cpu.as_secs_f64() * 1e6 / done as f64;
+                if unit == "deliveries" {
+                    self.set("server_cpu_ms_per_1000_deliveries", per);
+                } else {
+                    self.set(
+                        &format!("server_cpu_us_per_{}", unit.trim_end_matches('s')),
+                        per,
+                    );
+                }
+            }
+            self.set("server_rss_kib", after.rss_kib as f64);
+        }
+        if let (Some(before), Some(after)) = (own_before, own_after) {
+            let share = after.cpu.saturating_sub(before.cpu).as_secs_f64() / elapsed.as_secs_f64();
+            self.set("loadgen_cpu_percent", 100.0 * share);
+            if share > 0.9 {
+                self.note("the load generator used over 90 % of its core: it, not the server, may be the bottleneck".into());
+            }
+        }
+    }
+
+    fn print(&self, json: bool) {
+        if json {
+            let mut object = serde_json::Map::new();
+            object.insert("mode".into(), self.mode.into());
+            for (name, value) in &self.figures {
+                object.insert(name.clone(), serde_json::json!(value));
+            }
+            object.insert("notes".into(), self.notes.clone().into());
+            println!("{}", serde_json::Value::Object(object));
+        } else {
+            println!("--- loadgen {} ---", self.mode);
+            for (name, value) in &self.figures {
+                if value.fract() == 0.0 && value.abs() < 1e15 {
+                    println!("{name}: {value:.0}");
+                } else {
+                    println!("{name}: {value:.3}");
+                }
+            }
+            for note in &self.notes {
+                println!("note: {note}");
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let target = match Target::parse(&cli.url) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    websocket_public_chat::sys::raise_fd_limit();
+    let server = ServerWatch(cli.server_pid.map(|pid| pid.to_string()));
+    let mut fleet = match Fleet::new(target, cli.spread_sources) {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match cli.mode {
+        Mode::Fanout {
+            connections,
+            senders,
+            rate,
+            duration,
+        } => fanout::run(
+            &mut fleet,
+            &fanout::Settings {
+                connections,
+                senders,
+                rate,
+                duration: Duration::from_secs_f64(duration),
+            },
+            &server,
+        ),
+        Mode::Connect {
+            connections,
+            concurrency,
+        } => connect::run(
+            &mut fleet,
+            &connect::Settings {
+                connections,
+                concurrency,
+            },
+            &server,
+        ),
+        Mode::Churn { loops, duration } => churn::run(
+            &mut fleet,
+            &churn::Settings {
+                loops,
+                duration: Duration::from_secs_f64(duration),
+            },
+            &server,
+        ),
+    };
+    match report {
+        Ok(report) => {
+            report.print(cli.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chats_are_128_bytes_and_carry_their_time() {
+        for ts in [0, 7, 1_700_000_000_000_000] {
+            let payload = chat_payload(ts);
+            assert_eq!(payload.len(), 128);
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(v["ts"], ts);
+            let relayed =
+                format!(r#"{{"type":"chat","room":"public","user":"u","text":"x","ts":{ts}}}"#);
+            assert_eq!(json_ts(relayed.as_bytes()), Some(ts));
+        }
+    }
+}
