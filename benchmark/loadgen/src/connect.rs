@@ -16,6 +16,7 @@ pub struct Settings {
 }
 
 struct Connect {
+    first_failure: Option<&'static str>,
     opened: usize,
     joined: usize,
     failed: u64,
@@ -41,8 +42,11 @@ impl Handler for Connect {
         }
     }
 
-    fn closed(&mut self, _fleet: &mut Fleet, _key: usize, _ending: Ending) {
+    fn closed(&mut self, _fleet: &mut Fleet, _key: usize, ending: Ending) {
         self.failed += 1;
+        if let Ending::Unclean(why) = ending {
+            self.first_failure.get_or_insert(why);
+        }
     }
 }
 
@@ -52,6 +56,7 @@ pub fn run(
     server: &ServerWatch,
 ) -> std::io::Result<Report> {
     let mut state = Connect {
+        first_failure: None,
         opened: 0,
         joined: 0,
         failed: 0,
@@ -86,6 +91,9 @@ pub fn run(
     let server_after = server.sample();
 
     let mut report = Report::new("connect", elapsed);
+    if let Some(why) = state.first_failure {
+        report.note(format!("first failure: {why}"));
+    }
     report.set("connections", state.joined as f64);
     report.set("failed", state.failed as f64);
     report.set(

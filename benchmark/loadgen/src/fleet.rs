@@ -84,6 +84,28 @@ struct Conn {
     dirty: bool,
 }
 
+/// Lets `connect` pick the source port instead of `bind` (Linux): without it,
+/// binding to port 0 searches every port in use on the address, which grows
+/// with the connection count and made the generator its own bottleneck.
+fn bind_address_no_port(socket: &socket2::Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a pointer to a c_int that
+        // outlives the call and its exact size. Failure only loses the optimization.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 /// Source addresses are rotated after this many connections (the ephemeral port range is ~28k).
 const PER_SOURCE: usize = 20_000;
 
@@ -140,6 +162,7 @@ impl Fleet {
             // 127.0.0.1, then .2, ...: each source address has its own ephemeral ports.
             let n = (self.connects / PER_SOURCE) as u8;
             let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + n)), 0);
+            bind_address_no_port(&socket);
             socket.bind(&source.into())?;
         }
         self.connects += 1;
@@ -224,7 +247,10 @@ impl Fleet {
                 self.on_writable(key, handler);
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                self.on_readable(key, handler);
+                // Unless the peer closed, a short read means the socket is drained:
+                // edge-triggered epoll reports data that arrives later as a new event.
+                let until_eof = event.is_read_closed() || event.is_error();
+                self.on_readable(key, until_eof, handler);
             }
         }
         self.events = Some(events);
@@ -273,7 +299,7 @@ impl Fleet {
         self.flush(key, handler);
     }
 
-    fn on_readable(&mut self, key: usize, handler: &mut impl Handler) {
+    fn on_readable(&mut self, key: usize, until_eof: bool, handler: &mut impl Handler) {
         let mut chunk = [0u8; 16 * 1024];
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -288,7 +314,12 @@ impl Fleet {
                     self.process(key, handler);
                     return self.end(key, ending, handler);
                 }
-                Ok(n) => conn.inbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    conn.inbuf.extend_from_slice(&chunk[..n]);
+                    if n < chunk.len() && !until_eof {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
