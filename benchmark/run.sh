@@ -107,6 +107,7 @@ suite() { # $1: label, $2: command with {port}
     start_server "$cmd"; loadgen_run "$label" "fanout 1000 × 100 senders × 9/s" fanout --duration 3; stop_server
     start_server "$cmd"; loadgen_run "$label" "connect 2000 idle" connect --connections 2000; stop_server
     start_server "$cmd"; loadgen_run "$label" "churn 200 loops" churn --duration 3; stop_server
+start_server "$cmd"; loadgen_run "$label" "steady (×0.05)" scenario steady --scale 0.05; stop_server
     start_server "$cmd"; k6_run "$label" steady.js VUS=20 HOLD=3; stop_server
     return
   fi
@@ -123,6 +124,9 @@ suite() { # $1: label, $2: command with {port}
   done
   start_server "$cmd"; loadgen_run "$label" "connect 19000 idle" --spread-sources connect --connections 19000; stop_server
   start_server "$cmd"; loadgen_run "$label" "churn 200 loops" churn --duration 10; stop_server
+for name in steady burst churn; do
+    start_server "$cmd"; loadgen_run "$label" "$name" scenario "$name"; stop_server
+  done
   start_server "$cmd"; k6_run "$label" steady.js; stop_server
   start_server "$cmd"; k6_run "$label" burst.js; stop_server
   start_server "$cmd"; k6_run "$label" churn.js; stop_server
@@ -156,6 +160,8 @@ columns = {
     "connect": ["connections", "handshakes_per_sec", "handshake_p99_ms", "server_bytes_per_connection",
                 "server_cpu_us_per_handshake", "failed"],
     "churn": ["cycles_per_sec", "errors", "unclean_closes", "server_cpu_us_per_cycle", "loadgen_cpu_percent"],
+"scenario": ["sessions", "connection_success_percent", "errors", "chats_sent", "deliveries_per_sec",
+                 "drop_rate_percent", "latency_p50_ms", "latency_p99_ms", "server_cpu_percent"],
     "k6": ["ws_sessions", "ws_errors", "checks_passed_percent", "chats_received", "latency_p50_ms", "latency_p95_ms"],
 }
 fmt = lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) and abs(v) >= 100 else (f"{v:.3f}" if isinstance(v, float) else str(v))

@@ -8,6 +8,7 @@ const BUCKETS: usize = 7424;
 pub struct Histogram {
     counts: Vec<u64>,
     total: u64,
+    sum: u64,
     max: u64,
 }
 
@@ -34,6 +35,7 @@ impl Histogram {
         Self {
             counts: vec![0; BUCKETS],
             total: 0,
+            sum: 0,
             max: 0,
         }
     }
@@ -41,6 +43,7 @@ impl Histogram {
     pub fn record(&mut self, micros: u64) {
         self.counts[index(micros)] += 1;
         self.total += 1;
+        self.sum = self.sum.saturating_add(micros);
         self.max = self.max.max(micros);
     }
 
@@ -50,6 +53,15 @@ impl Histogram {
 
     pub fn max(&self) -> u64 {
         self.max
+    }
+
+    /// The exact mean, in microseconds; 0 when empty.
+    pub fn mean(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.total as f64
+        }
     }
 
     /// The value at percentile `p` (0-100), in microseconds; 0 when empty.
@@ -106,5 +118,6 @@ mod tests {
         assert!((985..=990).contains(&h.percentile(99.0)));
         assert_eq!(h.percentile(100.0), 1000);
         assert_eq!(h.max(), 1000);
+        assert_eq!(h.mean(), 500.5);
     }
 }

@@ -9,6 +9,7 @@ mod fanout;
 mod fleet;
 mod histogram;
 mod procstat;
+mod scenario;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -60,6 +61,13 @@ enum Mode {
         /// Handshakes in flight at once.
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+    },
+    /// A k6 scenario at full speed: steady, burst, churn, saturation, steady-soak, churn-soak.
+    Scenario {
+        name: String,
+        /// Multiplies every duration (0.1: a tenth as long).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
     },
     /// L loops of connect → join → leave → close at full speed; cycles/s, errors, unclean closes.
     Churn {
@@ -123,6 +131,8 @@ pub struct Report {
     mode: &'static str,
     figures: Vec<(String, f64)>,
     notes: Vec<String>,
+    /// Text printed as it is before the figures (the statistics block).
+    block: Option<String>,
 }
 
 impl Report {
@@ -131,6 +141,7 @@ impl Report {
             mode,
             figures: Vec::new(),
             notes: Vec::new(),
+            block: None,
         };
         report.set("elapsed_s", elapsed.as_secs_f64());
         report
@@ -138,6 +149,10 @@ impl Report {
 
     pub fn set(&mut self, name: &str, value: f64) {
         self.figures.push((name.to_string(), value));
+    }
+
+    pub fn block(&mut self, text: String) {
+        self.block = Some(text);
     }
 
     pub fn note(&mut self, note: String) {
@@ -204,8 +219,14 @@ impl Report {
                 object.insert(name.clone(), serde_json::json!(value));
             }
             object.insert("notes".into(), self.notes.clone().into());
+            if let Some(block) = &self.block {
+                object.insert("statistics".into(), block.clone().into());
+            }
             println!("{}", serde_json::Value::Object(object));
         } else {
+            if let Some(block) = &self.block {
+                println!("{block}");
+            }
             println!("--- loadgen {} ---", self.mode);
             for (name, value) in &self.figures {
                 if value.fract() == 0.0 && value.abs() < 1e15 {
@@ -266,6 +287,15 @@ fn main() -> ExitCode {
             },
             &server,
         ),
+        Mode::Scenario { name, scale } => match scenario::Scenario::named(&name, scale) {
+            Some(scenario) => scenario::run(&mut fleet, &scenario, &server),
+            None => {
+                eprintln!(
+                    "loadgen: no scenario {name:?} (steady, burst, churn, saturation, steady-soak, churn-soak)"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
         Mode::Churn { loops, duration } => churn::run(
             &mut fleet,
             &churn::Settings {

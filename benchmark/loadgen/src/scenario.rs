@@ -1,0 +1,378 @@
+//! The k6 scenarios at full speed: virtual users (VUs) ramped through stages,
+//! each running sessions of connect → join → chat at a rate → leave after a
+//! hold, again and again while it is wanted. Prints the statistics block
+//! the compared servers print, plus P50/P95/P99 latency, the connection
+//! success rate and the drop rate.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::fleet::{Ending, Fleet, Handler};
+use crate::histogram::Histogram;
+use crate::{Clock, Report, ServerWatch, chat_payload, json_ts};
+
+/// What a session says while it is joined.
+#[derive(Clone, Copy)]
+pub enum Chats {
+    None,
+    /// One chat right after the join.
+    Once,
+    /// This many chats per second.
+    PerSecond(f64),
+}
+
+/// A named scenario: how many VUs when, and what each session does.
+pub struct Scenario {
+    /// (stage length, VUs at its end); VUs ramp linearly within a stage.
+    pub stages: Vec<(Duration, usize)>,
+    pub start_vus: usize,
+    pub chats: Chats,
+    /// How long a session stays joined before it leaves.
+    pub hold: Duration,
+    /// Whether a VU starts a new session after one ends.
+    pub repeat: bool,
+}
+
+impl Scenario {
+    /// The k6 scenarios by name, `scale` shortening every duration (1.0 = as in k6/).
+    pub fn named(name: &str, scale: f64) -> Option<Self> {
+        let s = |secs: f64| Duration::from_secs_f64(secs * scale);
+        let steady = |secs| Scenario {
+            stages: vec![(s(secs), 100)],
+            start_vus: 100,
+            chats: Chats::PerSecond(1.0),
+            hold: s(secs),
+            repeat: false,
+        };
+        let churn = |secs| Scenario {
+            stages: vec![(s(secs), 200)],
+            start_vus: 200,
+            chats: Chats::None,
+            hold: s(2.0),
+            repeat: true,
+        };
+        Some(match name {
+            "steady" => steady(60.0),
+            "steady-soak" => steady(300.0),
+            "churn" => churn(60.0),
+            "churn-soak" => churn(180.0),
+            "burst" => Scenario {
+                stages: vec![(s(10.0), 1000), (s(5.0), 1000), (s(5.0), 0)],
+                start_vus: 0,
+                chats: Chats::Once,
+                hold: s(15.0),
+                repeat: true,
+            },
+            "saturation" => Scenario {
+                stages: vec![
+                    (s(20.0), 200),
+                    (s(5.0), 500),
+                    (s(20.0), 500),
+                    (s(5.0), 1000),
+                    (s(20.0), 1000),
+                ],
+                start_vus: 200,
+                chats: Chats::PerSecond(5.0),
+                hold: s(10.0),
+                repeat: true,
+            },
+            _ => return None,
+        })
+    }
+
+    fn wanted(&self, elapsed: Duration) -> usize {
+        let mut from = self.start_vus as f64;
+        let mut at = Duration::ZERO;
+        for &(length, to) in &self.stages {
+            if elapsed < at + length {
+                let share = (elapsed - at).as_secs_f64() / length.as_secs_f64().max(1e-9);
+                return (from + (to as f64 - from) * share).round() as usize;
+            }
+            at += length;
+            from = to as f64;
+        }
+        0
+    }
+
+    fn length(&self) -> Duration {
+        self.stages.iter().map(|(length, _)| *length).sum()
+    }
+}
+
+/// One VU's current session.
+struct Session {
+    vu: usize,
+    joined: bool,
+    next_chat: Instant,
+    leave_at: Instant,
+    left: bool,
+}
+
+struct Run {
+    clock: Clock,
+    chats: Chats,
+    hold: Duration,
+    /// Sessions by connection key.
+    sessions: slab::Slab<Session>,
+    keys: std::collections::HashMap<usize, usize>,
+    joined: usize,
+    attempted: u64,
+    opened: u64,
+    errors: u64,
+    first_error: Option<&'static str>,
+    sent: u64,
+    expected: u64,
+    received: u64,
+    latency: Histogram,
+    /// VUs whose session ended and who want another.
+    idle_vus: Vec<usize>,
+}
+
+impl Run {
+    fn session(&mut self, key: usize) -> Option<&mut Session> {
+        let index = *self.keys.get(&key)?;
+        self.sessions.get_mut(index)
+    }
+}
+
+impl Handler for Run {
+    fn opened(&mut self, fleet: &mut Fleet, key: usize, _took: Duration) {
+        self.opened += 1;
+        fleet.send_text(
+            key,
+            json!({"type": "join", "user": format!("vu{key}")})
+                .to_string()
+                .as_bytes(),
+        );
+        fleet.send_text(key, br#"{"type":"ping","ts":0}"#);
+    }
+
+    fn text(&mut self, fleet: &mut Fleet, key: usize, payload: &[u8]) {
+        match payload.get(9) {
+            Some(b'c') => {
+                self.received += 1;
+                if let Some(sent_at) = json_ts(payload) {
+                    self.latency
+                        .record(self.clock.micros().saturating_sub(sent_at));
+                }
+            }
+            Some(b'p') => {
+                let hold = self.hold;
+                let one_chat = matches!(self.chats, Chats::Once);
+                let Some(session) = self.session(key) else {
+                    return;
+                };
+                if session.joined {
+                    return;
+                }
+                session.joined = true;
+                session.leave_at = Instant::now() + hold;
+                self.joined += 1;
+                if one_chat {
+                    // The others joined so far receive it.
+                    self.expected += self.joined as u64 - 1;
+                    self.sent += 1;
+                    fleet.send_text(key, &chat_payload(self.clock.micros()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn closed(&mut self, _fleet: &mut Fleet, key: usize, ending: Ending) {
+        let Some(index) = self.keys.remove(&key) else {
+            return;
+        };
+        let session = self.sessions.remove(index);
+        if session.joined {
+            self.joined -= 1;
+        }
+        // A session ends with our leave answered by close 1000, or with the server's
+        // 1001 at its --duration; anything else is an error.
+        if let Ending::Unclean(why) = ending {
+            self.errors += 1;
+            self.first_error.get_or_insert(why);
+        }
+        self.idle_vus.push(session.vu);
+    }
+}
+
+pub fn run(
+    fleet: &mut Fleet,
+    scenario: &Scenario,
+    server: &ServerWatch,
+) -> std::io::Result<Report> {
+    let mut state = Run {
+        clock: Clock::default(),
+        chats: scenario.chats,
+        hold: scenario.hold,
+        sessions: slab::Slab::new(),
+        keys: std::collections::HashMap::new(),
+        joined: 0,
+        attempted: 0,
+        opened: 0,
+        errors: 0,
+        first_error: None,
+        sent: 0,
+        expected: 0,
+        received: 0,
+        latency: Histogram::new(),
+        idle_vus: Vec::new(),
+    };
+    let (server_before, own_before) = (server.sample(), crate::own_sample());
+    let started = Instant::now();
+    let length = scenario.length();
+    let mut vus_started = 0usize;
+    let mut active_vus = 0usize;
+    loop {
+        let now = Instant::now();
+        let elapsed = now - started;
+        let wanted = scenario.wanted(elapsed);
+        // Sessions end, and VUs retire when there are more than wanted.
+        let mut restart = std::mem::take(&mut state.idle_vus);
+        restart.retain(|_| {
+            if active_vus > wanted || !scenario.repeat || elapsed >= length {
+                active_vus -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        while active_vus + restart.len() < wanted && elapsed < length {
+            restart.push(vus_started);
+            vus_started += 1;
+            active_vus += 1;
+        }
+        for vu in restart {
+            state.attempted += 1;
+            match fleet.connect() {
+                Ok(key) => {
+                    let index = state.sessions.insert(Session {
+                        vu,
+                        joined: false,
+                        next_chat: now,
+                        leave_at: now + length + Duration::from_secs(3600),
+                        left: false,
+                    });
+                    state.keys.insert(key, index);
+                }
+                Err(_) => {
+                    state.errors += 1;
+                    state.idle_vus.push(vu);
+                }
+            }
+        }
+        if active_vus == 0 && elapsed >= length {
+            break;
+        }
+        if elapsed >= length + Duration::from_secs(30) {
+            state.errors += fleet.len() as u64;
+            state
+                .first_error
+                .get_or_insert("sessions still open 30 s after the scenario");
+            break;
+        }
+        // Due chats and leaves.
+        let mut next = now + Duration::from_millis(50);
+        let keys: Vec<(usize, usize)> = state.keys.iter().map(|(&k, &i)| (k, i)).collect();
+        for (key, index) in keys {
+            let joined_now = state.joined as u64;
+            let Some(session) = state.sessions.get_mut(index) else {
+                continue;
+            };
+            if !session.joined || session.left {
+                continue;
+            }
+            if now >= session.leave_at || (!scenario.repeat && elapsed >= length) {
+                session.left = true;
+                fleet.send_text(key, br#"{"type":"leave"}"#);
+                continue;
+            }
+            if let Chats::PerSecond(rate) = state.chats {
+                let every = Duration::from_secs_f64(1.0 / rate);
+                if now >= session.next_chat {
+                    session.next_chat += every;
+                    state.sent += 1;
+                    state.expected += joined_now.saturating_sub(1);
+                    fleet.send_text(key, &chat_payload(state.clock.micros()));
+                }
+                next = next.min(session.next_chat);
+            }
+            next = next.min(session.leave_at);
+        }
+        fleet.turn(
+            Some(next.saturating_duration_since(Instant::now())),
+            &mut state,
+        )?;
+    }
+    let elapsed = started.elapsed();
+    let (server_after, own_after) = (server.sample(), crate::own_sample());
+
+    let mut report = Report::new("scenario", elapsed);
+    let secs = elapsed.as_secs_f64();
+    let mean_ms = state.latency.mean() / 1000.0;
+    let success = if state.attempted == 0 {
+        0.0
+    } else {
+        100.0 * state.opened as f64 / state.attempted as f64
+    };
+    let dropped = state.expected.saturating_sub(state.received);
+    let drop_rate = if state.expected == 0 {
+        0.0
+    } else {
+        100.0 * dropped as f64 / state.expected as f64
+    };
+    report.block(format!(
+        "--- Statistics ---\nTotal messages: {}\nProcessing time: {secs:.3}s\nAverage latency: {mean_ms:.3}ms\n\
+         Throughput: {:.2} messages/sec\nP95 latency: {:.3}ms\nP99 latency: {:.3}ms\n\
+         Connection success rate: {success:.2}%\nMessage drop rate: {drop_rate:.2}%",
+        state.sent,
+        state.received as f64 / secs,
+        state.latency.percentile(95.0) as f64 / 1000.0,
+        state.latency.percentile(99.0) as f64 / 1000.0,
+    ));
+    report.set("sessions", state.attempted as f64);
+    report.set("connection_success_percent", success);
+    report.set("errors", state.errors as f64);
+    report.set("chats_sent", state.sent as f64);
+    report.set("deliveries", state.received as f64);
+    report.set("deliveries_per_sec", state.received as f64 / secs);
+    report.set("drop_rate_percent", drop_rate);
+    report.set("latency_mean_ms", mean_ms);
+    report.latency(&state.latency);
+    if let Some(why) = state.first_error {
+        report.note(format!("first error: {why}"));
+    }
+    report.note("drop rate: 1 - received / (Σ over chats sent of the other VUs joined at that moment); chats in flight to a VU that leaves count as dropped".into());
+    report.cpu(
+        server_before,
+        server_after,
+        own_before,
+        own_after,
+        elapsed,
+        "deliveries",
+        state.received,
+    );
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vus_ramp_linearly_through_the_stages() {
+        let burst = Scenario::named("burst", 1.0).unwrap();
+        let at = |secs: f64| burst.wanted(Duration::from_secs_f64(secs));
+        assert_eq!((at(0.0), at(5.0), at(10.0), at(12.0)), (0, 500, 1000, 1000));
+        assert_eq!((at(17.5), at(20.0)), (500, 0));
+        assert_eq!(burst.length(), Duration::from_secs(20));
+        let steady = Scenario::named("steady", 0.5).unwrap();
+        assert_eq!(
+            (steady.wanted(Duration::ZERO), steady.length()),
+            (100, Duration::from_secs(30))
+        );
+        assert!(Scenario::named("nope", 1.0).is_none());
+    }
+}
