@@ -15,9 +15,7 @@ fn echo_server() -> ServerProcess {
 #[test]
 fn protocol_violations_get_the_right_close_code() {
     let server = echo_server();
-    let mut long_len = vec![FIN | BINARY, 0x80 | 127];
-    long_len.extend_from_slice(&(1u64 << 63).to_be_bytes());
-    long_len.extend_from_slice(&MASK);
+    let long_len = header_claiming(1u64 << 63);
     let mut not_minimal = vec![FIN | TEXT, 0x80 | 126, 0, 2];
     not_minimal.extend_from_slice(&MASK);
     not_minimal.extend_from_slice(b"hi");
@@ -86,10 +84,7 @@ fn size_limit_is_decided_from_the_header() {
     let server = echo_server();
     // A header claiming 2^62 bytes, and not one payload byte behind it.
     let mut raw = RawClient::connect(&server);
-    let mut header = vec![FIN | BINARY, 0x80 | 127];
-    header.extend_from_slice(&(1u64 << 62).to_be_bytes());
-    header.extend_from_slice(&MASK);
-    raw.send_raw(&header);
+    raw.send_raw(&header_claiming(1u64 << 62));
     assert_eq!(raw.recv_close(), Some(1009));
     // Fragments count together: 600 + 600 > 1000.
     let mut raw = RawClient::connect(&server);

@@ -101,10 +101,7 @@ fn frame_header_claiming_2_pow_62_bytes_gets_1009_and_no_allocation() {
     let before = server.rss_kib();
     for _ in 0..20 {
         let mut raw = RawClient::connect(&server);
-        let mut header = vec![FIN | BINARY, 0x80 | 127];
-        header.extend_from_slice(&(1u64 << 62).to_be_bytes());
-        header.extend_from_slice(&MASK);
-        raw.send_raw(&header);
+        raw.send_raw(&header_claiming(1u64 << 62));
         assert_eq!(raw.recv_close(), Some(1009));
         raw.expect_eof();
     }
@@ -266,15 +263,7 @@ fn max_conns_per_ip_refuses_the_excess_with_429() {
     assert_eq!(&head, b"HTTP/1.1 101");
     // A slot freed on 127.0.0.1 is usable again.
     drop(third);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let response = http_raw(server.addr, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
-        if split_response(&response).0 == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the freed slot never came back");
-        sleep(Duration::from_millis(50));
-    }
+    wait_until_accepting(&server);
     chatter.finish();
     assert_eq!(server.stats()["refused_per_ip"], 1);
 }

@@ -183,14 +183,6 @@ fn connections_over_max_conns_get_503() {
     assert_eq!(b.recv()["text"], "still here");
     drop((a, b));
     // Once the slots are free, connections are accepted again.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let response = http_raw(server.addr, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
-        if split_response(&response).0 == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never accepted again");
-        sleep(Duration::from_millis(50));
-    }
+    wait_until_accepting(&server);
     assert!(server.stats()["refused_max_conns"].as_u64().unwrap() >= 1);
 }

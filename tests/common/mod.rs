@@ -335,6 +335,27 @@ pub fn frame_bytes(first: u8, payload: &[u8], mask: bool) -> Vec<u8> {
     out
 }
 
+/// The header of a masked binary frame claiming `len` payload bytes (none follow).
+pub fn header_claiming(len: u64) -> Vec<u8> {
+    let mut header = vec![FIN | BINARY, 0x80 | 127];
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(&MASK);
+    header
+}
+
+/// Polls `/health` until the server accepts connections again (bounded).
+pub fn wait_until_accepting(server: &ServerProcess) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let response = http_raw(server.addr, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        if split_response(&response).0 == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the server never accepted again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub const FIN: u8 = 0x80;
 pub const TEXT: u8 = 0x1;
 pub const BINARY: u8 = 0x2;

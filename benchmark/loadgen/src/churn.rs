@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::fleet::{Ending, Fleet, Handler};
-use crate::{Report, ServerWatch};
+use crate::{Report, ServerWatch, Window};
 
 pub struct Settings {
     pub loops: usize,
@@ -56,7 +56,7 @@ pub fn run(
         stop_at: started + settings.duration,
         first_unclean: None,
     };
-    let (server_before, own_before) = (server.sample(), crate::own_sample());
+    let window = Window::open(server);
     for _ in 0..settings.loops {
         if fleet.connect().is_err() {
             state.errors += 1;
@@ -68,7 +68,6 @@ pub fn run(
         fleet.turn(Some(Duration::from_millis(50)), &mut state)?;
     }
     let elapsed = started.elapsed();
-    let (server_after, own_after) = (server.sample(), crate::own_sample());
     let mut report = Report::new("churn", elapsed);
     report.set("loops", settings.loops as f64);
     report.set("cycles", state.cycles as f64);
@@ -82,14 +81,6 @@ pub fn run(
     if let Some(why) = state.first_unclean {
         report.note(format!("first unclean close: {why}"));
     }
-    report.cpu(
-        server_before,
-        server_after,
-        own_before,
-        own_after,
-        elapsed,
-        "cycles",
-        state.cycles,
-    );
+    report.cpu(&window, server, "cycles", state.cycles);
     Ok(report)
 }

@@ -3,11 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use crate::fleet::{Ending, Fleet, Handler};
 use crate::histogram::Histogram;
-use crate::{Report, ServerWatch};
+use crate::{Incoming, Report, ServerWatch, Window, classify, join};
 
 pub struct Settings {
     pub connections: usize,
@@ -27,17 +25,11 @@ impl Handler for Connect {
     fn opened(&mut self, fleet: &mut Fleet, key: usize, took: Duration) {
         self.opened += 1;
         self.handshake.record(took.as_micros() as u64);
-        fleet.send_text(
-            key,
-            json!({"type": "join", "user": format!("idle{key}")})
-                .to_string()
-                .as_bytes(),
-        );
-        fleet.send_text(key, br#"{"type":"ping","ts":0}"#);
+        join(fleet, key, &format!("idle{key}"));
     }
 
     fn text(&mut self, _fleet: &mut Fleet, _key: usize, payload: &[u8]) {
-        if payload.get(9) == Some(&b'p') {
+        if let Incoming::Pong = classify(payload) {
             self.joined += 1;
         }
     }
@@ -62,7 +54,7 @@ pub fn run(
         failed: 0,
         handshake: Histogram::new(),
     };
-    let (server_before, own_before) = (server.sample(), crate::own_sample());
+    let window = Window::open(server);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(120);
     let mut started_connects = 0;
@@ -81,8 +73,8 @@ pub fn run(
         fleet.turn(Some(Duration::from_millis(50)), &mut state)?;
     }
     let elapsed = started.elapsed();
-    let own_after = crate::own_sample();
-    let server_cpu_after = server.sample();
+    let mut report = Report::new("connect", elapsed);
+    report.cpu(&window, server, "handshakes", state.opened as u64);
     // Let the server settle before reading its memory.
     let settle = Instant::now() + Duration::from_millis(500);
     while Instant::now() < settle {
@@ -90,7 +82,6 @@ pub fn run(
     }
     let server_after = server.sample();
 
-    let mut report = Report::new("connect", elapsed);
     if let Some(why) = state.first_failure {
         report.note(format!("first failure: {why}"));
     }
@@ -108,16 +99,8 @@ pub fn run(
         "handshake_p99_ms",
         state.handshake.percentile(99.0) as f64 / 1000.0,
     );
-    report.cpu(
-        server_before,
-        server_cpu_after,
-        own_before,
-        own_after,
-        elapsed,
-        "handshakes",
-        state.opened as u64,
-    );
-    if let (Some(before), Some(after)) = (server_before, server_after)
+
+    if let (Some(before), Some(after)) = (window.server_sample(), server_after)
         && state.joined > 0
     {
         report.set("server_rss_before_kib", before.rss_kib as f64);

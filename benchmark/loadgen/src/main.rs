@@ -113,6 +113,94 @@ pub fn json_ts(payload: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// Joins as `user`, then pings: the pong says the join was processed (same connection, in order).
+pub fn join(fleet: &mut Fleet, key: usize, user: &str) {
+    fleet.send_text(
+        key,
+        serde_json::json!({"type": "join", "user": user})
+            .to_string()
+            .as_bytes(),
+    );
+    fleet.send_text(key, br#"{"type":"ping","ts":0}"#);
+}
+
+/// Whether a server text message is a relayed chat (with its send time) or a pong.
+pub enum Incoming {
+    Chat(Option<u64>),
+    Pong,
+    Other,
+}
+
+/// Tells `{"type":"chat",...` from `{"type":"pong",...` by the 10th byte, without parsing.
+pub fn classify(payload: &[u8]) -> Incoming {
+    match payload.get(9) {
+        Some(b'c') => Incoming::Chat(json_ts(payload)),
+        Some(b'p') => Incoming::Pong,
+        _ => Incoming::Other,
+    }
+}
+
+/// Chats sent and delivered, and their delivery latency from the embedded send time.
+pub struct Deliveries {
+    clock: Clock,
+    pub sent: u64,
+    pub received: u64,
+    pub latency: Histogram,
+}
+
+impl Default for Deliveries {
+    fn default() -> Self {
+        Self {
+            clock: Clock::default(),
+            sent: 0,
+            received: 0,
+            latency: Histogram::new(),
+        }
+    }
+}
+
+impl Deliveries {
+    /// A chat stamped with the time now, counted as sent.
+    pub fn next_chat(&mut self) -> Vec<u8> {
+        self.sent += 1;
+        chat_payload(self.clock.micros())
+    }
+
+    pub fn received(&mut self, sent_at: Option<u64>) {
+        self.received += 1;
+        if let Some(sent_at) = sent_at {
+            self.latency
+                .record(self.clock.micros().saturating_sub(sent_at));
+        }
+    }
+}
+
+/// A measured stretch of time: CPU of the server and of the generator across it.
+pub struct Window {
+    started: Instant,
+    server: Option<Sample>,
+    own: Option<Sample>,
+}
+
+impl Window {
+    pub fn open(server: &ServerWatch) -> Self {
+        Self {
+            started: Instant::now(),
+            server: server.sample(),
+            own: own_sample(),
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The server as it was when the window opened.
+    pub fn server_sample(&self) -> Option<Sample> {
+        self.server
+    }
+}
+
 /// Where the server's figures come from.
 pub struct ServerWatch(Option<String>);
 
@@ -170,19 +258,10 @@ impl Report {
         self.set("latency_max_ms", h.max() as f64 / 1000.0);
     }
 
-    /// CPU of the server (per `unit` done) and of the generator itself.
-    #[allow(clippy::too_many_arguments)]
-    pub fn cpu(
-        &mut self,
-        server_before: Option<Sample>,
-        server_after: Option<Sample>,
-        own_before: Option<Sample>,
-        own_after: Option<Sample>,
-        elapsed: Duration,
-        unit: &str,
-        done: u64,
-    ) {
-        if let (Some(before), Some(after)) = (server_before, server_after) {
+    /// CPU over `window` of the server (per `unit` done) and of the generator itself.
+    pub fn cpu(&mut self, window: &Window, server: &ServerWatch, unit: &str, done: u64) {
+        let elapsed = window.elapsed();
+        if let (Some(before), Some(after)) = (window.server, server.sample()) {
             let cpu = after.cpu.saturating_sub(before.cpu);
             self.set("server_cpu_s", cpu.as_secs_f64());
             self.set(
@@ -202,7 +281,7 @@ impl Report {
             }
             self.set("server_rss_kib", after.rss_kib as f64);
         }
-        if let (Some(before), Some(after)) = (own_before, own_after) {
+        if let (Some(before), Some(after)) = (window.own, own_sample()) {
             let share = after.cpu.saturating_sub(before.cpu).as_secs_f64() / elapsed.as_secs_f64();
             self.set("loadgen_cpu_percent", 100.0 * share);
             if share > 0.9 {

@@ -6,11 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use crate::fleet::{Ending, Fleet, Handler};
-use crate::histogram::Histogram;
-use crate::{Clock, Report, ServerWatch, chat_payload, json_ts};
+use crate::{Deliveries, Incoming, Report, ServerWatch, Window, classify, join};
 
 /// What a session says while it is joined.
 #[derive(Clone, Copy)]
@@ -110,8 +107,8 @@ struct Session {
 }
 
 struct Run {
-    clock: Clock,
     chats: Chats,
+    traffic: Deliveries,
     hold: Duration,
     /// Sessions by connection key.
     sessions: slab::Slab<Session>,
@@ -121,10 +118,8 @@ struct Run {
     opened: u64,
     errors: u64,
     first_error: Option<&'static str>,
-    sent: u64,
+    /// Deliveries due: for each chat sent, the other sessions joined then.
     expected: u64,
-    received: u64,
-    latency: Histogram,
     /// VUs whose session ended and who want another.
     idle_vus: Vec<usize>,
 }
@@ -139,25 +134,13 @@ impl Run {
 impl Handler for Run {
     fn opened(&mut self, fleet: &mut Fleet, key: usize, _took: Duration) {
         self.opened += 1;
-        fleet.send_text(
-            key,
-            json!({"type": "join", "user": format!("vu{key}")})
-                .to_string()
-                .as_bytes(),
-        );
-        fleet.send_text(key, br#"{"type":"ping","ts":0}"#);
+        join(fleet, key, &format!("vu{key}"));
     }
 
     fn text(&mut self, fleet: &mut Fleet, key: usize, payload: &[u8]) {
-        match payload.get(9) {
-            Some(b'c') => {
-                self.received += 1;
-                if let Some(sent_at) = json_ts(payload) {
-                    self.latency
-                        .record(self.clock.micros().saturating_sub(sent_at));
-                }
-            }
-            Some(b'p') => {
+        match classify(payload) {
+            Incoming::Chat(sent_at) => self.traffic.received(sent_at),
+            Incoming::Pong => {
                 let hold = self.hold;
                 let one_chat = matches!(self.chats, Chats::Once);
                 let Some(session) = self.session(key) else {
@@ -172,11 +155,11 @@ impl Handler for Run {
                 if one_chat {
                     // The others joined so far receive it.
                     self.expected += self.joined as u64 - 1;
-                    self.sent += 1;
-                    fleet.send_text(key, &chat_payload(self.clock.micros()));
+                    let chat = self.traffic.next_chat();
+                    fleet.send_text(key, &chat);
                 }
             }
-            _ => {}
+            Incoming::Other => {}
         }
     }
 
@@ -204,7 +187,7 @@ pub fn run(
     server: &ServerWatch,
 ) -> std::io::Result<Report> {
     let mut state = Run {
-        clock: Clock::default(),
+        traffic: Deliveries::default(),
         chats: scenario.chats,
         hold: scenario.hold,
         sessions: slab::Slab::new(),
@@ -214,13 +197,10 @@ pub fn run(
         opened: 0,
         errors: 0,
         first_error: None,
-        sent: 0,
         expected: 0,
-        received: 0,
-        latency: Histogram::new(),
         idle_vus: Vec::new(),
     };
-    let (server_before, own_before) = (server.sample(), crate::own_sample());
+    let window = Window::open(server);
     let started = Instant::now();
     let length = scenario.length();
     let mut vus_started = 0usize;
@@ -293,9 +273,9 @@ pub fn run(
                 let every = Duration::from_secs_f64(1.0 / rate);
                 if now >= session.next_chat {
                     session.next_chat += every;
-                    state.sent += 1;
                     state.expected += joined_now.saturating_sub(1);
-                    fleet.send_text(key, &chat_payload(state.clock.micros()));
+                    let chat = state.traffic.next_chat();
+                    fleet.send_text(key, &chat);
                 }
                 next = next.min(session.next_chat);
             }
@@ -307,17 +287,17 @@ pub fn run(
         )?;
     }
     let elapsed = started.elapsed();
-    let (server_after, own_after) = (server.sample(), crate::own_sample());
+    let traffic = &state.traffic;
 
     let mut report = Report::new("scenario", elapsed);
     let secs = elapsed.as_secs_f64();
-    let mean_ms = state.latency.mean() / 1000.0;
+    let mean_ms = traffic.latency.mean() / 1000.0;
     let success = if state.attempted == 0 {
         0.0
     } else {
         100.0 * state.opened as f64 / state.attempted as f64
     };
-    let dropped = state.expected.saturating_sub(state.received);
+    let dropped = state.expected.saturating_sub(traffic.received);
     let drop_rate = if state.expected == 0 {
         0.0
     } else {
@@ -327,33 +307,25 @@ pub fn run(
         "--- Statistics ---\nTotal messages: {}\nProcessing time: {secs:.3}s\nAverage latency: {mean_ms:.3}ms\n\
          Throughput: {:.2} messages/sec\nP95 latency: {:.3}ms\nP99 latency: {:.3}ms\n\
          Connection success rate: {success:.2}%\nMessage drop rate: {drop_rate:.2}%",
-        state.sent,
-        state.received as f64 / secs,
-        state.latency.percentile(95.0) as f64 / 1000.0,
-        state.latency.percentile(99.0) as f64 / 1000.0,
+        traffic.sent,
+        traffic.received as f64 / secs,
+        traffic.latency.percentile(95.0) as f64 / 1000.0,
+        traffic.latency.percentile(99.0) as f64 / 1000.0,
     ));
     report.set("sessions", state.attempted as f64);
     report.set("connection_success_percent", success);
     report.set("errors", state.errors as f64);
-    report.set("chats_sent", state.sent as f64);
-    report.set("deliveries", state.received as f64);
-    report.set("deliveries_per_sec", state.received as f64 / secs);
+    report.set("chats_sent", traffic.sent as f64);
+    report.set("deliveries", traffic.received as f64);
+    report.set("deliveries_per_sec", traffic.received as f64 / secs);
     report.set("drop_rate_percent", drop_rate);
     report.set("latency_mean_ms", mean_ms);
-    report.latency(&state.latency);
+    report.latency(&traffic.latency);
     if let Some(why) = state.first_error {
         report.note(format!("first error: {why}"));
     }
     report.note("drop rate: 1 - received / (Σ over chats sent of the other VUs joined at that moment); chats in flight to a VU that leaves count as dropped".into());
-    report.cpu(
-        server_before,
-        server_after,
-        own_before,
-        own_after,
-        elapsed,
-        "deliveries",
-        state.received,
-    );
+    report.cpu(&window, server, "deliveries", traffic.received);
     Ok(report)
 }
 
