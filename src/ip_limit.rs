@@ -15,7 +15,7 @@ pub struct IpLimit {
 }
 
 impl IpLimit {
-    /// A limit of `max` live connections per address.
+    /// A limit of `max` (at least 1) live connections per address.
     pub fn new(max: u32) -> Self {
         Self {
             max,
@@ -28,9 +28,6 @@ impl IpLimit {
     pub fn admit(&mut self, key: usize, ip: IpAddr) -> bool {
         let count = self.counts.entry(ip).or_insert(0);
         if *count >= self.max {
-            if *count == 0 {
-                self.counts.remove(&ip);
-            }
             return false;
         }
         *count += 1;

@@ -4,6 +4,7 @@
 //! the compared servers print, plus P50/P95/P99 latency, the connection
 //! success rate and the drop rate.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::fleet::{Ending, Fleet, Handler};
@@ -99,7 +100,6 @@ impl Scenario {
 
 /// One VU's current session.
 struct Session {
-    vu: usize,
     joined: bool,
     next_chat: Instant,
     leave_at: Instant,
@@ -111,8 +111,7 @@ struct Run {
     traffic: Deliveries,
     hold: Duration,
     /// Sessions by connection key.
-    sessions: slab::Slab<Session>,
-    keys: std::collections::HashMap<usize, usize>,
+    sessions: HashMap<usize, Session>,
     joined: usize,
     attempted: u64,
     opened: u64,
@@ -120,15 +119,6 @@ struct Run {
     first_error: Option<&'static str>,
     /// Deliveries due: for each chat sent, the other sessions joined then.
     expected: u64,
-    /// VUs whose session ended and who want another.
-    idle_vus: Vec<usize>,
-}
-
-impl Run {
-    fn session(&mut self, key: usize) -> Option<&mut Session> {
-        let index = *self.keys.get(&key)?;
-        self.sessions.get_mut(index)
-    }
 }
 
 impl Handler for Run {
@@ -143,7 +133,7 @@ impl Handler for Run {
             Incoming::Pong => {
                 let hold = self.hold;
                 let one_chat = matches!(self.chats, Chats::Once);
-                let Some(session) = self.session(key) else {
+                let Some(session) = self.sessions.get_mut(&key) else {
                     return;
                 };
                 if session.joined {
@@ -164,10 +154,9 @@ impl Handler for Run {
     }
 
     fn closed(&mut self, _fleet: &mut Fleet, key: usize, ending: Ending) {
-        let Some(index) = self.keys.remove(&key) else {
+        let Some(session) = self.sessions.remove(&key) else {
             return;
         };
-        let session = self.sessions.remove(index);
         if session.joined {
             self.joined -= 1;
         }
@@ -177,7 +166,6 @@ impl Handler for Run {
             self.errors += 1;
             self.first_error.get_or_insert(why);
         }
-        self.idle_vus.push(session.vu);
     }
 }
 
@@ -190,60 +178,48 @@ pub fn run(
         traffic: Deliveries::default(),
         chats: scenario.chats,
         hold: scenario.hold,
-        sessions: slab::Slab::new(),
-        keys: std::collections::HashMap::new(),
+        sessions: HashMap::new(),
         joined: 0,
         attempted: 0,
         opened: 0,
         errors: 0,
         first_error: None,
         expected: 0,
-        idle_vus: Vec::new(),
     };
     let window = Window::open(server);
     let started = Instant::now();
     let length = scenario.length();
     let mut vus_started = 0usize;
-    let mut active_vus = 0usize;
     loop {
         let now = Instant::now();
         let elapsed = now - started;
-        let wanted = scenario.wanted(elapsed);
-        // Sessions end, and VUs retire when there are more than wanted.
-        let mut restart = std::mem::take(&mut state.idle_vus);
-        restart.retain(|_| {
-            if active_vus > wanted || !scenario.repeat || elapsed >= length {
-                active_vus -= 1;
-                false
+        if elapsed < length {
+            // Start sessions up to the VUs wanted now. A repeating VU starts a new
+            // session when its last one ends; one that does not repeat runs once.
+            // Sessions over the count finish their hold (k6's graceful ramp-down).
+            let wanted = scenario.wanted(elapsed);
+            let running = if scenario.repeat {
+                state.sessions.len()
             } else {
-                true
-            }
-        });
-        while active_vus + restart.len() < wanted && elapsed < length {
-            restart.push(vus_started);
-            vus_started += 1;
-            active_vus += 1;
-        }
-        for vu in restart {
-            state.attempted += 1;
-            match fleet.connect() {
-                Ok(key) => {
-                    let index = state.sessions.insert(Session {
-                        vu,
-                        joined: false,
-                        next_chat: now,
-                        leave_at: now + length + Duration::from_secs(3600),
-                        left: false,
-                    });
-                    state.keys.insert(key, index);
-                }
-                Err(_) => {
-                    state.errors += 1;
-                    state.idle_vus.push(vu);
+                vus_started
+            };
+            for _ in running..wanted {
+                vus_started += 1;
+                state.attempted += 1;
+                match fleet.connect() {
+                    Ok(key) => {
+                        let session = Session {
+                            joined: false,
+                            next_chat: now,
+                            leave_at: now + length + Duration::from_secs(3600),
+                            left: false,
+                        };
+                        state.sessions.insert(key, session);
+                    }
+                    Err(_) => state.errors += 1,
                 }
             }
-        }
-        if active_vus == 0 && elapsed >= length {
+        } else if state.sessions.is_empty() {
             break;
         }
         if elapsed >= length + Duration::from_secs(30) {
@@ -255,12 +231,8 @@ pub fn run(
         }
         // Due chats and leaves.
         let mut next = now + Duration::from_millis(50);
-        let keys: Vec<(usize, usize)> = state.keys.iter().map(|(&k, &i)| (k, i)).collect();
-        for (key, index) in keys {
-            let joined_now = state.joined as u64;
-            let Some(session) = state.sessions.get_mut(index) else {
-                continue;
-            };
+        let joined_now = state.joined as u64;
+        for (&key, session) in state.sessions.iter_mut() {
             if !session.joined || session.left {
                 continue;
             }
