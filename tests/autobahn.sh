@@ -9,20 +9,10 @@ cd "$(dirname "$0")/.."
 tools=${AUTOBAHN_TOOLS:-../shared/tools/autobahn}
 venv=${AUTOBAHN_VENV:-$HOME/.cache/autobahn/venv}
 [ -x "$venv/bin/wstest" ] || "$tools/setup.sh" "$venv" >/dev/null
-cargo build --release --quiet
 out=$(mktemp -d)
+. tests/release-server.sh
 # 9.* sends messages of up to 16 MiB.
-./target/release/websocket-public-chat --host 127.0.0.1 --port 0 --echo --max-message-size 16777216 \
-  >"$out/server.log" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
-addr=
-for _ in $(seq 100); do
-  addr=$(sed -n 's/^listening on \([^ ]*\).*/\1/p' "$out/server.log")
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "autobahn.sh: the server did not start" >&2; cat "$out/server.log" >&2; exit 1; }
+start_release_server --echo --max-message-size 16777216
 AUTOBAHN_VENV=$venv "$tools/run.sh" "ws://$addr/ws" "$out/report" ${1:+"$1"} | tee "$out/summary"
 ok=$(awk '$1 == "OK" {print $2}' "$out/summary")
 failed=$(awk '$1 == "FAILED" {print $2}' "$out/summary")
