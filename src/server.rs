@@ -119,6 +119,10 @@ impl Server {
                 )
             })?;
         let mut listener = TcpListener::bind(addr)?;
+        // We coalesce writes ourselves; Nagle would only delay small frames.
+        // Linux passes the option on to accepted sockets: one call instead of one per accept.
+        #[cfg(target_os = "linux")]
+        crate::sys::set_listener_nodelay(&listener)?;
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -191,14 +195,15 @@ impl Server {
                         if event.is_writable() || event.is_write_closed() {
                             self.mark_dirty(key);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(key, now);
+                        let peer_closed = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || peer_closed {
+                            self.read(key, now, peer_closed);
                         }
                     }
                 }
             }
             for key in std::mem::take(&mut self.read_again) {
-                self.read(key, now);
+                self.read(key, now, true);
             }
             if self.accept_paused_until.is_some_and(|until| now >= until) {
                 self.accept_paused_until = None;
@@ -263,7 +268,7 @@ impl Server {
                     return;
                 }
             };
-            // We coalesce writes ourselves; Nagle would only delay small frames.
+            #[cfg(not(target_os = "linux"))]
             let _ = stream.set_nodelay(true);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
@@ -324,7 +329,10 @@ impl Server {
     }
 
     /// Reads until WouldBlock (or the per-turn budget), acting on the bytes as they come.
-    fn read(&mut self, key: usize, now: u64) {
+    /// `until_eof` is false only for a fresh edge without a FIN: then a short read
+    /// has emptied the socket and anything later raises a new edge, so the
+    /// WouldBlock read (one syscall per message) is skipped.
+    fn read(&mut self, key: usize, now: u64, until_eof: bool) {
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut budget_used = true;
         for _ in 0..READS_PER_TURN {
@@ -350,7 +358,12 @@ impl Server {
                 Ok(n) => {
                     conn.unread = None;
                     conn.last_heard = now;
+                    let short = kept + n < buf.len();
                     self.on_bytes(key, &mut buf[..kept + n], now);
+                    if short && !until_eof {
+                        budget_used = false;
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

@@ -1,4 +1,6 @@
-//! The one OS call std does not wrap: the open-file limit.
+//! The OS calls std does not wrap: the open-file limit, TCP_NODELAY on a listener.
+
+use std::io;
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.
 pub fn raise_fd_limit() -> u64 {
@@ -22,4 +24,40 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     limit.rlim_cur
+}
+
+/// Sets TCP_NODELAY on a listening socket; on Linux every accepted socket inherits it.
+#[cfg(target_os = "linux")]
+pub fn set_listener_nodelay(listener: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor the caller owns, reading a c_int that
+    // outlives the call, with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        super::set_listener_nodelay(&listener).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -106,8 +106,10 @@ fn bind_address_no_port(socket: &socket2::Socket) {
     }
 }
 
-/// Source addresses are rotated after this many connections (the ephemeral port range is ~28k).
-const PER_SOURCE: usize = 20_000;
+/// Source addresses taken in turn. With one source the kernel's search for a free
+/// ephemeral port grows with the ports in use (it checks each candidate's
+/// 4-tuple); rotating connection by connection makes the first candidate fit.
+const SOURCES: usize = 64;
 
 /// Many client connections and the poll that drives them.
 pub struct Fleet {
@@ -159,8 +161,8 @@ impl Fleet {
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
         if self.spread_sources && addr.is_ipv4() {
-            // 127.0.0.1, then .2, ...: each source address has its own ephemeral ports.
-            let n = (self.connects / PER_SOURCE) as u8;
+            // 127.0.0.1, .2, ... in turn: each source address has its own ephemeral ports.
+            let n = (self.connects % SOURCES) as u8;
             let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + n)), 0);
             bind_address_no_port(&socket);
             socket.bind(&source.into())?;

@@ -32,7 +32,7 @@ struct Cli {
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Connect from 127.0.0.1, .2, ... (20,000 connections each) to go past one address's ports.
+    /// Connect from 127.0.0.1 to .64 in turn: past one address's ports, and fast to allocate.
     #[arg(long, global = true)]
     spread_sources: bool,
     #[command(subcommand)]
