@@ -24,7 +24,7 @@ export function chatMessage() {
   const now = Date.now();
   const head = `{"type":"chat","room":"public","text":"${now}|`;
   const tail = `","ts":${now}}`;
-  return head + '.'.repeat(Math.max(0, 128 - head.length - tail.length)) + tail;
+  return head + ' '.repeat(Math.max(0, 128 - head.length - tail.length)) + tail;
 }
 
 export function sendChat(socket) {

@@ -13,6 +13,9 @@ pub struct Member {
     pub user: Box<str>,
     /// Its position in `Room::members`.
     pub index: usize,
+    /// If it asked for the online count: its position in the list of those
+    /// who did, and the count it was last sent.
+    pub watching: Option<(usize, usize)>,
 }
 
 /// Chat state of one open connection.
@@ -26,8 +29,8 @@ pub struct ChatState {
 /// What the event loop must do about one text message.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Join the room under this name (a JSON literal).
-    Join(Box<str>),
+    /// Join the room under this name (a JSON literal); `presence`: it wants the online count.
+    Join { user: Box<str>, presence: bool },
     /// Relay this frame to every other joined connection.
     Relay(Vec<u8>),
     /// Send this frame back to the sender.
@@ -61,7 +64,10 @@ impl ChatState {
             Request::Join { .. } if self.member.is_some() => {
                 Outcome::Ignored(Ignored::AlreadyJoined)
             }
-            Request::Join { user } => Outcome::Join(protocol::name_literal(&user)),
+            Request::Join { user, presence } => Outcome::Join {
+                user: protocol::name_literal(&user),
+                presence,
+            },
             Request::Chat { text, ts } => match &self.member {
                 None => Outcome::Ignored(Ignored::NotJoined),
                 Some(_) if !self.bucket.try_take(now) => Outcome::RateLimited,
@@ -80,13 +86,18 @@ mod tests {
 
     fn joined(now: u64) -> ChatState {
         let mut chat = ChatState::new(now);
-        let Outcome::Join(user) =
-            chat.on_text(r#"{"type":"join","room":"public","user":"alice"}"#, now)
-        else {
+        let Outcome::Join { user, presence } = chat.on_text(
+            r#"{"type":"join","room":"public","user":"alice","presence":true}"#,
+            now,
+        ) else {
             panic!("join refused");
         };
-        assert_eq!(&*user, "\"alice\"");
-        chat.member = Some(Member { user, index: 0 });
+        assert_eq!((&*user, presence), ("\"alice\"", true));
+        chat.member = Some(Member {
+            user,
+            index: 0,
+            watching: None,
+        });
         chat
     }
 

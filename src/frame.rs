@@ -178,6 +178,16 @@ pub fn server_frame(opcode: OpCode, parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// Builds one masked, unfragmented frame: what a client sends (RFC 6455 §5.3).
+pub fn client_frame(opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAX_SERVER_HEADER + 4 + payload.len());
+    write_header(&mut out, true, opcode, payload.len(), Some(mask));
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask, 0);
+    out
+}
+
 /// XORs `data` with `mask`, where `data` starts at byte `offset` of the payload.
 ///
 /// Works 8 bytes at a time; `offset` lets a payload be unmasked in pieces as it arrives.
@@ -203,15 +213,6 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
 mod tests {
     use super::*;
 
-    fn client_frame(fin: bool, opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_header(&mut out, fin, opcode, payload.len(), Some(mask));
-        let start = out.len();
-        out.extend_from_slice(payload);
-        apply_mask(&mut out[start..], mask, 0);
-        out
-    }
-
     #[test]
     fn lengths_round_trip_with_the_shortest_encoding() {
         for (len, header_len) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
@@ -230,7 +231,7 @@ mod tests {
     fn masked_header_parses_at_every_split() {
         let mask = [0x11, 0x22, 0x33, 0x44];
         for len in [0usize, 5, 125, 126, 65535, 65536] {
-            let frame = client_frame(true, OpCode::Text, &vec![b'a'; len], mask);
+            let frame = client_frame(OpCode::Text, &vec![b'a'; len], mask);
             let (h, n) = parse_header(&frame, Role::Server).unwrap().unwrap();
             assert_eq!(h.mask, Some(mask));
             assert_eq!(h.payload_len, len as u64);
@@ -252,6 +253,8 @@ mod tests {
         ];
         let (h, n) = parse_header(&frame, Role::Server).unwrap().unwrap();
         assert_eq!((h.opcode, h.payload_len, n), (OpCode::Text, 5, 6));
+        let built = client_frame(OpCode::Text, b"Hello", h.mask.unwrap());
+        assert_eq!(built, frame);
         apply_mask(&mut frame[n..], h.mask.unwrap(), 0);
         assert_eq!(&frame[n..], b"Hello");
     }

@@ -21,6 +21,8 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub enum Route {
     /// `GET /ws` with a valid upgrade: the `Sec-WebSocket-Accept` value to answer with.
     Upgrade { accept: String },
+    /// `GET /`: the browser page.
+    Page,
     /// `GET /health`.
     Health,
     /// `GET /stats`.
@@ -97,13 +99,14 @@ pub fn parse(buf: &[u8], allowed_origins: &[String]) -> Result<Option<(Route, us
         return Err(Reject::BadRequest);
     };
     let path = target.split('?').next().unwrap_or(target);
-    if !matches!(path, "/ws" | "/health" | "/stats") {
+    if !matches!(path, "/ws" | "/" | "/health" | "/stats") {
         return Err(Reject::NotFound);
     }
     if method != "GET" {
         return Err(Reject::MethodNotAllowed);
     }
     let route = match path {
+        "/" => Route::Page,
         "/health" => Route::Health,
         "/stats" => Route::Stats,
         _ => upgrade(version, req.headers, allowed_origins)?,
@@ -185,6 +188,21 @@ pub fn switching_protocols(accept: &str) -> Vec<u8> {
 /// A `200 OK` with a body, `Connection: close`.
 pub fn ok(content_type: &str, body: &[u8]) -> Vec<u8> {
     response(200, "OK", content_type, "Cache-Control: no-store\r\n", body)
+}
+
+/// The browser page's response. The policy lets the page run only its own
+/// inline script and style and connect only to this server, so no injected
+/// markup could load or send anything elsewhere.
+pub fn page(html: &str) -> Vec<u8> {
+    response(
+        200,
+        "OK",
+        "text/html; charset=utf-8",
+        "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
+         Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; \
+         style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\n",
+        html.as_bytes(),
+    )
 }
 
 fn response(code: u16, reason: &str, content_type: &str, extra: &str, body: &[u8]) -> Vec<u8> {

@@ -4,8 +4,10 @@
 //! The sans-IO core (no sockets, no clock reads) is `frame`, `message`,
 //! `utf8`, `close`, `handshake`, `protocol`, `chat`, `rate_limit`, `room`,
 //! `timer_wheel` and `ip_limit`; `server` is the event loop that owns the sockets.
+//! `client` is the terminal client's side of the protocol (`src/bin/chat-client.rs`).
 
 pub mod chat;
+pub mod client;
 pub mod close;
 pub mod config;
 mod connection;

@@ -22,8 +22,8 @@ pub const MAX_NAME_CHARS: usize = 64;
 /// A request the server acts on.
 #[derive(Debug)]
 pub enum Request<'a> {
-    /// Join the room under `user` (already validated).
-    Join { user: Cow<'a, str> },
+    /// Join the room under `user` (already validated); `presence`: send me the online count.
+    Join { user: Cow<'a, str>, presence: bool },
     /// Say `text` (a JSON string) to everyone else; `ts` is opaque to the server.
     Chat {
         text: &'a RawValue,
@@ -66,6 +66,8 @@ struct Wire<'a> {
     text: Option<&'a RawValue>,
     #[serde(borrow, default)]
     ts: Option<&'a RawValue>,
+    #[serde(default)]
+    presence: bool,
 }
 
 /// Parses one text message into a request, or says why it is ignored.
@@ -77,7 +79,10 @@ pub fn parse(text: &str) -> Result<Request<'_>, Ignored> {
         "join" => {
             let user = wire.user.ok_or(Ignored::InvalidName)?;
             if valid_name(&user) {
-                Ok(Request::Join { user })
+                Ok(Request::Join {
+                    user,
+                    presence: wire.presence,
+                })
             } else {
                 Err(Ignored::InvalidName)
             }
@@ -175,6 +180,18 @@ pub fn name_literal(name: &str) -> Box<str> {
         .into_boxed_str()
 }
 
+/// `{"type":"presence","room":"public","online":N}`: how many have joined.
+pub fn presence_frame(online: usize) -> Vec<u8> {
+    frame::server_frame(
+        OpCode::Text,
+        &[
+            b"{\"type\":\"presence\",\"room\":\"public\",\"online\":",
+            online.to_string().as_bytes(),
+            b"}",
+        ],
+    )
+}
+
 /// The relayed chat frame: `{"type":"chat","room":"public","user":…,"text":…,"ts":…}`.
 ///
 /// `user` is the JSON literal from `name_literal`; `text` and `ts` are the
@@ -225,10 +242,10 @@ mod tests {
     fn requests() {
         assert!(
             matches!(parse(r#"{"type":"join","room":"public","user":"alice"}"#),
-            Ok(Request::Join { user }) if user == "alice")
+            Ok(Request::Join { user, presence: false }) if user == "alice")
         );
         assert!(matches!(parse(r#"{"type":"join","user":"b\u00e9a"}"#),
-            Ok(Request::Join { user }) if user == "béa"));
+            Ok(Request::Join { user, .. }) if user == "béa"));
         assert!(matches!(parse(r#"{"type":"chat","text":"hi","ts":5}"#),
             Ok(Request::Chat { text, ts: Some(ts) }) if text.get() == r#""hi""# && ts.get() == "5"));
         assert!(matches!(

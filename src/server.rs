@@ -28,6 +28,7 @@ use crate::handshake::{self, Reject, Route};
 use crate::ip_limit::IpLimit;
 use crate::message::{Event, Limits, MessageReader};
 use crate::outbox::Flushed;
+use crate::protocol;
 use crate::room::Room;
 use crate::stats::Counters;
 use crate::timer_wheel::TimerWheel;
@@ -49,6 +50,10 @@ const LINGER_MS: u64 = 2_000;
 const ACCEPT_PAUSE_MS: u64 = 100;
 /// How long shutdown waits for clients to answer our close frames.
 const SHUTDOWN_GRACE_MS: u64 = 2_000;
+/// The browser page served at `/`: HTML, CSS and script in one file, built in.
+const PAGE: &str = include_str!("page.html");
+/// Least time between two presence messages.
+const PRESENCE_INTERVAL_MS: u64 = 500;
 /// File descriptors kept out of the default `--max-conns` (stdio, poll, listener, signal pipe, refusals).
 const RESERVED_FDS: u64 = 32;
 /// Timer wheel: 512 slots of 100 ms, 51.2 s per turn.
@@ -67,6 +72,14 @@ pub struct Server {
     /// `Some` when `--max-conns-per-ip` is set.
     ip_limit: Option<IpLimit>,
     room: Room,
+    /// Members that asked for the online count (`"presence":true` in their join).
+    watchers: Room,
+    /// The room's size changed since the last presence message.
+    presence_pending: bool,
+    /// When presence messages last went out.
+    presence_sent_at: u64,
+    /// The browser page's whole HTTP response, built once.
+    page: Rc<[u8]>,
     /// Entries are (slab key, connection id); see `expire_timers` for stale ones.
     timers: TimerWheel<(u32, u32)>,
     stats: Counters,
@@ -150,6 +163,10 @@ impl Server {
             ip_limit,
 
             room: Room::default(),
+            watchers: Room::default(),
+            presence_pending: false,
+            presence_sent_at: 0,
+            page: handshake::page(PAGE).into(),
             timers: TimerWheel::new(WHEEL_SLOTS, WHEEL_TICK_MS, 0),
             stats: Counters::default(),
             started: Instant::now(),
@@ -213,6 +230,7 @@ impl Server {
                 self.begin_shutdown(now);
             }
             self.expire_timers(now);
+            self.send_presence(now);
             // Last in the turn: whatever the turn queued goes out before the next poll.
             self.flush_dirty();
             if let State::ShuttingDown { until } = self.state
@@ -237,11 +255,19 @@ impl Server {
             State::Running => end,
             State::ShuttingDown { until } => Some(until),
         };
-        [self.timers.next_deadline(), self.accept_paused_until, stop]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| Duration::from_millis(at.saturating_sub(now)))
+        let presence = self
+            .presence_pending
+            .then_some(self.presence_sent_at + PRESENCE_INTERVAL_MS);
+        [
+            self.timers.next_deadline(),
+            self.accept_paused_until,
+            stop,
+            presence,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| Duration::from_millis(at.saturating_sub(now)))
     }
 
     fn accept(&mut self, now: u64) {
@@ -437,11 +463,15 @@ impl Server {
     fn route(&mut self, key: usize, route: Route, now: u64) {
         match route {
             Route::Upgrade { accept } => self.open(key, &accept, now),
+            Route::Page => {
+                self.stats.http_page += 1;
+                self.respond(key, Rc::clone(&self.page), now);
+            }
             Route::Health => {
                 self.stats.http_health += 1;
                 self.respond(
                     key,
-                    handshake::ok("text/plain; charset=utf-8", b"ok\n"),
+                    handshake::ok("text/plain; charset=utf-8", b"ok\n").into(),
                     now,
                 );
             }
@@ -451,7 +481,7 @@ impl Server {
                 let body = self
                     .stats
                     .to_json(self.conns.len(), self.room.len(), uptime);
-                self.respond(key, handshake::ok("application/json", &body), now);
+                self.respond(key, handshake::ok("application/json", &body).into(), now);
             }
         }
     }
@@ -471,12 +501,12 @@ impl Server {
 
     fn reject(&mut self, key: usize, reject: Reject, now: u64) {
         self.stats.rejected(reject);
-        self.respond(key, reject.response(), now);
+        self.respond(key, reject.response().into(), now);
     }
 
     /// Sends a whole HTTP response, then closes.
-    fn respond(&mut self, key: usize, response: Vec<u8>, now: u64) {
-        self.send(key, response.into());
+    fn respond(&mut self, key: usize, response: Rc<[u8]>, now: u64) {
+        self.send(key, response);
         self.drain(key, now);
     }
 
@@ -533,7 +563,7 @@ impl Server {
                 }
                 self.drain(key, now);
             }
-            Reaction::Chat(Outcome::Join(user)) => self.join(key, user),
+            Reaction::Chat(Outcome::Join { user, presence }) => self.join(key, user, presence),
             Reaction::Chat(Outcome::Relay(frame)) => self.relay(key, frame.into(), now),
             Reaction::Chat(Outcome::Reply(frame)) => self.send(key, frame.into()),
             Reaction::Chat(Outcome::Leave) => {
@@ -546,13 +576,24 @@ impl Server {
         }
     }
 
-    fn join(&mut self, key: usize, user: Box<str>) {
+    fn join(&mut self, key: usize, user: Box<str>, presence: bool) {
         let Some(chat) = self.conns.get_mut(key).and_then(Connection::chat_mut) else {
             return;
         };
         let index = self.room.join(key);
-        chat.member = Some(Member { user, index });
+        let watching = presence.then(|| (self.watchers.join(key), self.room.len()));
+        chat.member = Some(Member {
+            user,
+            index,
+            watching,
+        });
         self.stats.joins += 1;
+        self.presence_pending = !self.watchers.is_empty();
+        if presence {
+            // The newcomer learns the count at once; the others at the next presence tick.
+            self.stats.presence_sent += 1;
+            self.send(key, protocol::presence_frame(self.room.len()).into());
+        }
     }
 
     fn leave_room(&mut self, key: usize) {
@@ -565,13 +606,51 @@ impl Server {
             return;
         };
         if let Some(moved) = self.room.leave(member.index)
-            && let Some(m) = self
-                .conns
-                .get_mut(moved)
-                .and_then(Connection::chat_mut)
-                .and_then(|c| c.member.as_mut())
+            && let Some(m) = self.member_mut(moved)
         {
             m.index = member.index;
+        }
+        if let Some((index, _)) = member.watching
+            && let Some(moved) = self.watchers.leave(index)
+            && let Some((moved_index, _)) = self.member_mut(moved).and_then(|m| m.watching.as_mut())
+        {
+            *moved_index = index;
+        }
+        self.presence_pending = !self.watchers.is_empty();
+    }
+
+    fn member_mut(&mut self, key: usize) -> Option<&mut Member> {
+        self.conns
+            .get_mut(key)
+            .and_then(Connection::chat_mut)
+            .and_then(|c| c.member.as_mut())
+    }
+
+    /// Tells each watcher the room's size if it changed since they last heard,
+    /// at most once per `PRESENCE_INTERVAL_MS`, so a churning room costs them
+    /// little. Nobody watching (the load tools) costs nothing. One frame,
+    /// built once and shared, like a chat.
+    fn send_presence(&mut self, now: u64) {
+        if !self.presence_pending || now < self.presence_sent_at + PRESENCE_INTERVAL_MS {
+            return;
+        }
+        self.presence_pending = false;
+        self.presence_sent_at = now;
+        let count = self.room.len();
+        let mut frame: Option<Rc<[u8]>> = None;
+        for i in 0..self.watchers.len() {
+            let key = self.watchers.members()[i];
+            let Some((_, seen)) = self.member_mut(key).and_then(|m| m.watching.as_mut()) else {
+                continue;
+            };
+            if *seen == count {
+                continue;
+            }
+            *seen = count;
+            let frame = frame.get_or_insert_with(|| protocol::presence_frame(count).into());
+            let frame = Rc::clone(frame);
+            self.stats.presence_sent += 1;
+            self.send(key, frame);
         }
     }
 

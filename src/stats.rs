@@ -19,6 +19,8 @@ pub struct Counters {
     pub chats_relayed: u64,
     /// Relayed chats queued to recipients.
     pub deliveries: u64,
+    /// Presence messages (the online count) sent to members that asked.
+    pub presence_sent: u64,
     pub rate_limited: u64,
     pub slow_consumer_closes: u64,
     pub ignored_malformed: u64,
@@ -37,6 +39,7 @@ pub struct Counters {
     pub close_timeouts: u64,
     pub handshake_timeouts: u64,
     pub keepalive_timeouts: u64,
+    pub http_page: u64,
     pub http_health: u64,
     pub http_stats: u64,
     pub http_bad_request: u64,

@@ -170,3 +170,27 @@ fn members_leaving_in_any_order_keep_the_room_consistent() {
     assert_eq!(first.sync(), Vec::<serde_json::Value>::new());
     assert_eq!(server.stats()["joined"], 3);
 }
+
+#[test]
+fn presence_goes_only_to_those_who_ask_coalesced() {
+    let server = ServerProcess::start(&[]);
+    let mut plain = Client::joined(&server, "plain");
+    let mut watcher = Client::connect(&server);
+    watcher.send(json!({"type": "join", "user": "watcher", "presence": true}));
+    let presence = |online: u64| json!({"type": "presence", "room": "public", "online": online});
+    // At once on joining: the count including the newcomer.
+    assert_eq!(watcher.recv(), presence(2));
+    // Three joins and one leave in a burst: one message with the final count.
+    let mut others: Vec<Client> = ["a", "b", "c"]
+        .iter()
+        .map(|name| Client::joined(&server, name))
+        .collect();
+    drop(others.remove(0));
+    assert_eq!(watcher.recv(), presence(4));
+    assert_eq!(server.stats()["presence_sent"], 2);
+    // Nobody who did not ask ever gets one.
+    assert!(plain.sync().is_empty());
+    plain.send(json!({"type": "leave"}));
+    assert_eq!(plain.recv_close(), Some(1000));
+    assert_eq!(watcher.recv(), presence(3));
+}

@@ -62,6 +62,30 @@ fn health_and_stats() {
 }
 
 #[test]
+fn the_page_is_served_at_the_root_with_a_strict_policy() {
+    let server = ServerProcess::start(&[]);
+    let (status, head, body) = http_get(server.addr, "/");
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("Content-Type: text/html; charset=utf-8"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Content-Security-Policy: default-src 'none';"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("Content-Length: {}", body.len())),
+        "{head}"
+    );
+    // Self-contained: no external script, style or image.
+    assert!(body.starts_with("<!doctype html>") && body.contains("<script>"));
+    assert!(!body.contains("src=") && !body.contains("href="));
+    assert!(body.len() < 8 * 1024, "{} bytes", body.len());
+    assert_eq!(server.stats()["http_page"], 1);
+}
+
+#[test]
 fn refusals_get_their_status() {
     let server = ServerProcess::start(&[]);
     let cases = [

@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
     member.member = Some(Member {
         user: protocol::name_literal(NAME),
         index: 0,
+        watching: None,
     });
     match member.on_text(text, 0) {
         Outcome::Relay(frame) => {
@@ -38,13 +39,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(chat["text"].is_string());
         }
         Outcome::Reply(frame) => assert_eq!(json_payload(&frame)["type"], "pong"),
-        Outcome::Join(_) => panic!("a joined connection joined again"),
+        Outcome::Join { .. } => panic!("a joined connection joined again"),
         _ => {}
     }
     // A connection that has not joined never relays; a join gets a valid name.
     match ChatState::new(0).on_text(text, 0) {
         Outcome::Relay(_) => panic!("relayed before join"),
-        Outcome::Join(user) => {
+        Outcome::Join { user, .. } => {
             let name: String = serde_json::from_str(&user).expect("name literal is a JSON string");
             assert!(protocol::valid_name(&name));
         }

@@ -101,7 +101,7 @@ pub fn chat_payload(ts: u64) -> Vec<u8> {
     let pad = 128usize.saturating_sub(head.len() + tail.len());
     let mut payload = Vec::with_capacity(128);
     payload.extend_from_slice(head);
-    payload.resize(head.len() + pad, b'.');
+    payload.resize(head.len() + pad, b' ');
     payload.extend_from_slice(tail.as_bytes());
     payload
 }

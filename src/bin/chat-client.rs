@@ -1,0 +1,333 @@
+//! `chat-client`: the terminal client. Connects, joins the public room,
+//! prints every chat as `[HH:MM:SS] name: text`, sends each line of stdin as
+//! a chat, answers pings, and leaves (leave, then close 1000) on `/quit` or at
+//! the end of its input. Two threads: this one reads the socket, a second one
+//! reads stdin; both write frames through one lock.
+
+use std::hash::BuildHasher;
+use std::io::{self, BufRead, Read, Write};
+use std::net::{IpAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use clap::Parser;
+use websocket_public_chat::client::{self, Incoming, Refusal, Url};
+use websocket_public_chat::close::{self, CloseFrame};
+use websocket_public_chat::frame::{self, OpCode, Role};
+use websocket_public_chat::message::{Event, Limits, MessageReader};
+use websocket_public_chat::rate_limit::{self, TokenBucket};
+use websocket_public_chat::{protocol, sys};
+
+/// Longest wait for the TCP connection, for the 101, and for the server's close.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a blocked socket read wakes to check whether we are leaving.
+const READ_TICK: Duration = Duration::from_millis(200);
+/// Largest message we take from the server (its chats are far smaller).
+const MAX_INCOMING: usize = 16 << 20;
+
+#[derive(Parser)]
+#[command(
+    name = "chat-client",
+    version,
+    about = "Terminal client for the public chat room"
+)]
+struct Args {
+    /// Server URL (ws:// only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Name to join under (1-64 characters, no control characters).
+    #[arg(long)]
+    user: String,
+    /// Local address to connect from.
+    #[arg(long, value_name = "LOCAL_IP")]
+    bind: Option<IpAddr>,
+    /// Largest chat the server takes, in bytes of JSON (its --max-message-size).
+    #[arg(long, default_value_t = 65536, value_name = "BYTES")]
+    max_message_size: usize,
+}
+
+/// Why the client stopped early. Each kind has its own exit status.
+enum Failure {
+    /// Bad arguments: 2.
+    Usage(String),
+    /// No TCP connection: 3.
+    Unreachable(String),
+    /// The server answered the upgrade with something else: 4.
+    Refused(Refusal),
+    /// The connection ended without our asking: 5.
+    Lost(String),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let Err(failure) = run(&args) else {
+        return ExitCode::SUCCESS;
+    };
+    let (status, message) = match failure {
+        Failure::Usage(m) => (2, m),
+        Failure::Unreachable(m) => (3, m),
+        Failure::Refused(r) => (4, format!("handshake refused: {r}")),
+        Failure::Lost(m) => (5, m),
+    };
+    eprintln!("chat-client: {message}");
+    ExitCode::from(status)
+}
+
+fn run(args: &Args) -> Result<(), Failure> {
+    if !protocol::valid_name(&args.user) {
+        return Err(Failure::Usage(
+            "--user must be 1-64 characters without control characters".into(),
+        ));
+    }
+    let url = client::parse_url(&args.url)
+        .map_err(|why| Failure::Usage(format!("--url {}: {why}", args.url)))?;
+    let mut stream = connect(&url, args.bind)?;
+    let _ = stream.set_nodelay(true);
+    let unread = handshake(&mut stream, &url)?;
+    let lost = |e: io::Error| Failure::Lost(format!("connection lost: {e}"));
+    let shared = Arc::new(Shared {
+        sink: Mutex::new(Sink {
+            stream: stream.try_clone().map_err(lost)?,
+            seed: random_u64() | 1,
+        }),
+        left_at: Mutex::new(None),
+    });
+    shared
+        .send(OpCode::Text, client::join_json(&args.user).as_bytes())
+        .map_err(lost)?;
+    let stdin_side = Arc::clone(&shared);
+    let max = args.max_message_size;
+    std::thread::spawn(move || stdin_side.pump_stdin(max));
+    shared.read_socket(stream, unread)
+}
+
+/// Resolves the URL's host and connects, from `bind` if given.
+fn connect(url: &Url, bind: Option<IpAddr>) -> Result<TcpStream, Failure> {
+    let addrs = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| Failure::Unreachable(format!("cannot resolve {}: {e}", url.host)))?;
+    let mut last = format!("no address of {} in the family of --bind", url.host);
+    for addr in addrs.filter(|a| bind.is_none_or(|b| b.is_ipv4() == a.is_ipv4())) {
+        let attempt = match bind {
+            Some(local) => sys::connect_from(local, addr),
+            None => TcpStream::connect_timeout(&addr, TIMEOUT),
+        };
+        match attempt {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = format!("cannot connect to {addr}: {e}"),
+        }
+    }
+    Err(Failure::Unreachable(last))
+}
+
+/// Sends the opening request and checks the answer; returns the bytes after it.
+fn handshake(stream: &mut TcpStream, url: &Url) -> Result<Vec<u8>, Failure> {
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&random_u64().to_ne_bytes());
+    nonce[8..].copy_from_slice(&random_u64().to_ne_bytes());
+    let key = BASE64.encode(nonce);
+    let during = |e: io::Error| Failure::Lost(format!("connection lost during the handshake: {e}"));
+    stream
+        .write_all(&client::opening_request(url, &key))
+        .map_err(during)?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(during)?;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).map_err(during)?;
+        if n == 0 {
+            return Err(Failure::Refused(Refusal::Invalid(
+                "the server closed the connection without answering",
+            )));
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(len) = client::check_response(&head, &key).map_err(Failure::Refused)? {
+            head.drain(..len);
+            return Ok(head);
+        }
+    }
+}
+
+/// What both threads share.
+struct Shared {
+    sink: Mutex<Sink>,
+    /// When we sent leave and close, if we did.
+    left_at: Mutex<Option<Instant>>,
+}
+
+/// The writing half of the socket, and the seed of the masks.
+struct Sink {
+    stream: TcpStream,
+    seed: u64,
+}
+
+impl Shared {
+    /// Sends one masked frame, whole.
+    fn send(&self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        // xorshift64: masks must be unpredictable to proxies, not secret.
+        sink.seed ^= sink.seed << 13;
+        sink.seed ^= sink.seed >> 7;
+        sink.seed ^= sink.seed << 17;
+        let mask = (sink.seed as u32).to_ne_bytes();
+        sink.stream
+            .write_all(&frame::client_frame(opcode, payload, mask))
+    }
+
+    fn left_at(&self) -> Option<Instant> {
+        *self.left_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends each line of stdin as a chat; leaves on `/quit` or end of input.
+    fn pump_stdin(&self, max_message: usize) {
+        let started = Instant::now();
+        let mut bucket = TokenBucket::full(0);
+        let mut stdin = io::stdin().lock();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if !matches!(stdin.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                break;
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text == "/quit" {
+                break;
+            }
+            if text.trim().is_empty() {
+                continue;
+            }
+            let json = client::chat_json(text, unix_ms());
+            if json.len() > max_message {
+                eprintln!(
+                    "chat-client: message not sent: {} bytes as JSON, the server takes at most {max_message}",
+                    json.len()
+                );
+                continue;
+            }
+            // Keep to the server's rate limit, so piped lines are delayed, not dropped.
+            while !bucket.try_take(started.elapsed().as_millis() as u64) {
+                std::thread::sleep(Duration::from_millis(rate_limit::REFILL_MS / 10));
+            }
+            if self.send(OpCode::Text, json.as_bytes()).is_err() {
+                return; // The socket side reports the loss.
+            }
+        }
+        *self.left_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let _ = self.send(OpCode::Text, br#"{"type":"leave"}"#);
+        let _ = self.send(OpCode::Close, &close::payload(close::NORMAL, ""));
+    }
+
+    /// Reads frames until the close handshake ends; `unread` came with the 101.
+    fn read_socket(&self, mut stream: TcpStream, mut unread: Vec<u8>) -> Result<(), Failure> {
+        let lost = |e: io::Error| Failure::Lost(format!("connection lost: {e}"));
+        stream.set_read_timeout(Some(READ_TICK)).map_err(lost)?;
+        let limits = Limits {
+            role: Role::Client,
+            max_message: MAX_INCOMING,
+        };
+        let mut reader = MessageReader::default();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let mut start = 0;
+            loop {
+                let (used, event) = match reader.read(&mut unread[start..], limits) {
+                    Ok(step) => step,
+                    Err(error) => {
+                        let _ = self.send(
+                            OpCode::Close,
+                            &close::payload(error.close_code(), error.reason()),
+                        );
+                        return Err(Failure::Lost(format!(
+                            "the server broke the protocol: {}",
+                            error.reason()
+                        )));
+                    }
+                };
+                if let Some(event) = event
+                    && let Some(end) = self.on_event(event)
+                {
+                    return end;
+                }
+                if used == 0 {
+                    break;
+                }
+                start += used;
+            }
+            unread.drain(..start);
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(Failure::Lost(
+                        "connection lost: the server closed it without a close frame".into(),
+                    ));
+                }
+                Ok(n) => unread.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.left_at().is_some_and(|at| at.elapsed() > TIMEOUT) {
+                        return Err(Failure::Lost("the server did not answer our close".into()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(lost(e)),
+            }
+        }
+    }
+
+    /// Acts on one message; `Some` when the connection is over.
+    fn on_event(&self, event: Event<'_>) -> Option<Result<(), Failure>> {
+        match event {
+            Event::Text(text) => match client::classify(text) {
+                Incoming::Chat { user, text } => {
+                    let secs = unix_ms() / 1000;
+                    let line = client::chat_line(sys::local_hms(secs as i64), &user, &text);
+                    let mut out = io::stdout().lock();
+                    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+                }
+                Incoming::Ping => {
+                    let _ = self.send(OpCode::Text, br#"{"type":"pong"}"#);
+                }
+                Incoming::Presence(_) | Incoming::Other => {}
+            },
+            Event::Ping(payload) => {
+                let _ = self.send(OpCode::Pong, payload);
+            }
+            Event::Binary(_) | Event::Pong(_) => {}
+            Event::Close(frame) => {
+                if self.left_at().is_some() {
+                    return Some(Ok(())); // The answer to our leave and close.
+                }
+                let code = frame.as_ref().map_or(close::NORMAL, |f| f.code);
+                let _ = self.send(OpCode::Close, &close::payload(code, ""));
+                return Some(Err(Failure::Lost(match frame {
+                    Some(CloseFrame { code, reason }) if !reason.is_empty() => {
+                        format!("the server closed the connection: {code} {reason}")
+                    }
+                    Some(CloseFrame { code, .. }) => {
+                        format!("the server closed the connection: {code}")
+                    }
+                    None => "the server closed the connection (no code)".into(),
+                })));
+            }
+        }
+        None
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 64 bits seeded by the OS (std's hash keys), enough for keys and masks.
+fn random_u64() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(Instant::now())
+}

@@ -1,0 +1,279 @@
+//! The client's side of the protocol, for `chat-client`: the `ws://` URL, the
+//! opening request and the check of the server's answer (RFC 6455 §4.1), and
+//! what a server message means to a person. Pure code, like the server's core.
+
+use serde::Deserialize;
+
+use crate::handshake::{MAX_HEAD, accept_key};
+
+/// Where to connect, from a `ws://host[:port][/path]` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Url {
+    /// Host name or address, without IPv6 brackets: what to resolve.
+    pub host: String,
+    pub port: u16,
+    /// `host[:port]` as written: the `Host` header.
+    pub authority: String,
+    /// Path and query, `/` when absent.
+    pub path: String,
+}
+
+/// Parses a `ws://` URL; the error says what is wrong with it.
+pub fn parse_url(url: &str) -> Result<Url, &'static str> {
+    let Some(rest) = url.strip_prefix("ws://") else {
+        return Err(if url.starts_with("wss://") {
+            "wss:// (TLS) is not supported: use ws://, with a TLS proxy in front if needed"
+        } else {
+            "the URL must start with ws://"
+        });
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(port) => port.parse().map_err(|_| "the port is not a number")?,
+        None => 80,
+    };
+    if host.is_empty() || authority.contains('@') {
+        return Err("the URL has no usable host");
+    }
+    let path = match path {
+        "" => "/".to_string(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_string(),
+    };
+    Ok(Url {
+        host: host.to_string(),
+        port,
+        authority: authority.to_string(),
+        path,
+    })
+}
+
+/// The opening request; `key` is 16 random bytes in base64.
+pub fn opening_request(url: &Url, key: &str) -> Vec<u8> {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        url.path, url.authority
+    )
+    .into_bytes()
+}
+
+/// Why the server's answer is not a WebSocket upgrade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Any status but 101, with its reason phrase.
+    Status(u16, String),
+    /// A 101 that fails RFC 6455 §4.1's checks, or not HTTP at all.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Status(code, reason) => write!(f, "HTTP {code} {reason}"),
+            Self::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Checks the answer at the start of `buf` against the `key` we sent.
+/// `Ok(None)` while the head is incomplete, else its length in bytes.
+pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut res = httparse::Response::new(&mut headers);
+    let head_len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        _ => return Err(Refusal::Invalid("the answer is not an HTTP response")),
+    };
+    let code = res.code.unwrap_or(0);
+    if code != 101 {
+        return Err(Refusal::Status(code, res.reason.unwrap_or("").to_string()));
+    }
+    let header = |name: &str| {
+        res.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.trim_ascii())
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        return Err(Refusal::Invalid("101 without Upgrade: websocket"));
+    }
+    if header("Sec-WebSocket-Accept") != Some(accept_key(key.as_bytes()).as_bytes()) {
+        return Err(Refusal::Invalid("wrong Sec-WebSocket-Accept"));
+    }
+    Ok(Some(head_len))
+}
+
+/// A server message, as far as a person cares.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A chat from someone else.
+    Chat { user: String, text: String },
+    /// The server's JSON keepalive; answer with a JSON pong.
+    Ping,
+    /// How many people are in the room.
+    Presence(u64),
+    /// Anything else (pongs, unknown types, malformed JSON).
+    Other,
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    #[serde(rename = "type")]
+    kind: String,
+    user: Option<String>,
+    text: Option<String>,
+    online: Option<u64>,
+}
+
+/// Reads one text message from the server.
+pub fn classify(text: &str) -> Incoming {
+    let Ok(msg) = serde_json::from_str::<Wire>(text) else {
+        return Incoming::Other;
+    };
+    match (msg.kind.as_str(), msg.user, msg.text, msg.online) {
+        ("chat", Some(user), Some(text), _) => Incoming::Chat { user, text },
+        ("ping", ..) => Incoming::Ping,
+        ("presence", _, _, Some(online)) => Incoming::Presence(online),
+        _ => Incoming::Other,
+    }
+}
+
+/// `[HH:MM:SS] name: text` for a terminal. Trailing padding is trimmed, and
+/// control characters become `�` so that a message cannot move the cursor
+/// or recolour the terminal.
+pub fn chat_line(hms: (u8, u8, u8), user: &str, text: &str) -> String {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect()
+    };
+    let (h, m, s) = hms;
+    format!(
+        "[{h:02}:{m:02}:{s:02}] {}: {}",
+        safe(user),
+        safe(text.trim_end())
+    )
+}
+
+/// The JSON of a chat, `ts` being the send time in ms since the Unix epoch.
+pub fn chat_json(text: &str, ts: u64) -> String {
+    serde_json::json!({"type": "chat", "text": text, "ts": ts}).to_string()
+}
+
+/// The JSON of a join.
+pub fn join_json(user: &str) -> String {
+    serde_json::json!({"type": "join", "user": user}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("ws://127.0.0.1:8080/ws").unwrap();
+        assert_eq!(
+            (
+                u.host.as_str(),
+                u.port,
+                u.authority.as_str(),
+                u.path.as_str()
+            ),
+            ("127.0.0.1", 8080, "127.0.0.1:8080", "/ws")
+        );
+        let u = parse_url("ws://[::1]:9000/ws?x=1").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 9000, "/ws?x=1")
+        );
+        let u = parse_url("ws://chat.example").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("chat.example", 80, "/")
+        );
+        assert_eq!(parse_url("ws://h?q").unwrap().path, "/?q");
+        for bad in [
+            "http://x/ws",
+            "wss://x/ws",
+            "ws://",
+            "ws://x:port/",
+            "ws://[::1/",
+            "ws://u@x/",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_servers_answer_is_checked() {
+        let url = parse_url("ws://127.0.0.1:1/ws").unwrap();
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let request = String::from_utf8(opening_request(&url, key)).unwrap();
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(request.as_bytes()).unwrap().is_complete());
+        // Our own server's parser accepts it, and its answer passes our check.
+        let accept = match crate::handshake::parse(request.as_bytes(), &[]) {
+            Ok(Some((crate::handshake::Route::Upgrade { accept }, _))) => accept,
+            other => panic!("{other:?}"),
+        };
+        let answer = crate::handshake::switching_protocols(&accept);
+        assert_eq!(check_response(&answer, key), Ok(Some(answer.len())));
+        for cut in 0..answer.len() {
+            assert_eq!(check_response(&answer[..cut], key), Ok(None));
+        }
+        let wrong = crate::handshake::switching_protocols("AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        assert_eq!(
+            check_response(&wrong, key),
+            Err(Refusal::Invalid("wrong Sec-WebSocket-Accept"))
+        );
+        let refused = crate::handshake::Reject::NotFound.response();
+        assert_eq!(
+            check_response(&refused, key),
+            Err(Refusal::Status(404, "Not Found".into()))
+        );
+        assert!(check_response(b"SSH-2.0-OpenSSH\r\n\r\n", key).is_err());
+    }
+
+    #[test]
+    fn messages_and_lines() {
+        let chat = r#"{"type":"chat","room":"public","user":"bob","text":"hi...   ","ts":1}"#;
+        let Incoming::Chat { user, text } = classify(chat) else {
+            panic!()
+        };
+        assert_eq!(chat_line((9, 5, 7), &user, &text), "[09:05:07] bob: hi...");
+        assert_eq!(
+            chat_line((23, 59, 0), "eve", "\u{1b}[2Jgone\nline"),
+            "[23:59:00] eve: \u{FFFD}[2Jgone\u{FFFD}line"
+        );
+        assert_eq!(classify(r#"{"type":"ping"}"#), Incoming::Ping);
+        assert_eq!(
+            classify(r#"{"type":"presence","online":3}"#),
+            Incoming::Presence(3)
+        );
+        assert_eq!(classify(r#"{"type":"pong","ts":1}"#), Incoming::Other);
+        assert_eq!(classify("not json"), Incoming::Other);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&chat_json("a\"b", 5)).unwrap(),
+            serde_json::json!({"type": "chat", "text": "a\"b", "ts": 5})
+        );
+    }
+}

@@ -1,0 +1,126 @@
+// The page at GET / as people use it, in headless Chromium: two pages join,
+// chat both ways, an HTML message stays text, and after a server restart both
+// reconnect and chat again. Usage: node chat.test.mjs SERVER_BINARY ARTIFACT_DIR
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const [server_bin, artifacts] = process.argv.slice(2);
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const WAIT = 10_000;
+
+// Starts the server; resolves with the process and its port once it listens.
+async function startServer(port) {
+  const proc = spawn(server_bin, ['--host', '127.0.0.1', '--port', String(port)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const [line] = await once(createInterface({ input: proc.stdout }), 'line');
+  const match = /^listening on 127\.0\.0\.1:(\d+)/.exec(line);
+  if (!match) throw new Error(`unexpected server output: ${line}`);
+  proc.stdout.resume();
+  return { proc, port: Number(match[1]) };
+}
+
+async function stopServer(server) {
+  if (server.proc.exitCode !== null) return;
+  const exited = once(server.proc, 'exit');
+  server.proc.kill('SIGTERM');
+  await exited;
+}
+
+async function openPage(browser, url, name, dialogs) {
+  const page = await browser.newPage({ viewport: { width: 560, height: 380 } });
+  page.on('dialog', (dialog) => {
+    dialogs.push(dialog.message());
+    dialog.dismiss();
+  });
+  await page.goto(url);
+  await page.fill('#name', name);
+  await page.press('#name', 'Enter');
+  await page.waitForSelector('#state.online', { timeout: WAIT });
+  return page;
+}
+
+async function say(page, text) {
+  await page.fill('#text', text);
+  await page.press('#text', 'Enter');
+}
+
+// Waits until the page shows a message from `user` with exactly `text`.
+async function expectMessage(page, user, text, own = false) {
+  await page.waitForFunction(
+    ([user, text, own]) =>
+      [...document.querySelectorAll('#log li')].some(
+        (li) =>
+          li.querySelector('.user')?.textContent === user &&
+          li.querySelector('.text')?.textContent === text &&
+          li.classList.contains('own') === own,
+      ),
+    [user, text, own],
+    { timeout: WAIT },
+  );
+}
+
+async function expectOnline(page, count) {
+  await page.waitForFunction(
+    (count) => document.getElementById('online').textContent === `${count} online`,
+    count,
+    { timeout: WAIT },
+  );
+}
+
+let server = await startServer(0);
+const url = `http://127.0.0.1:${server.port}/`;
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+});
+const dialogs = [];
+let failed = false;
+try {
+  const alice = await openPage(browser, url, 'alice', dialogs);
+  const bob = await openPage(browser, url, 'bob', dialogs);
+  await expectOnline(alice, 2);
+  await expectOnline(bob, 2);
+
+  await say(alice, 'hello bob');
+  await expectMessage(bob, 'alice', 'hello bob');
+  await expectMessage(alice, 'alice', 'hello bob', true);
+  await say(bob, 'hi alice');
+  await expectMessage(alice, 'bob', 'hi alice');
+  console.log('ok: two pages chat both ways, own messages shown locally');
+
+  const xss = '<img src=x onerror=alert(1)>';
+  await say(alice, xss);
+  await expectMessage(bob, 'alice', xss);
+  const images = await bob.evaluate(() => document.querySelectorAll('#log img').length);
+  if (images !== 0 || dialogs.length !== 0) {
+    throw new Error(`markup ran: ${images} <img>, dialogs ${JSON.stringify(dialogs)}`);
+  }
+  console.log('ok: an HTML message is shown as text and runs nothing');
+
+  mkdirSync(artifacts, { recursive: true });
+  await bob.screenshot({ path: `${artifacts}/chat.png` });
+
+  await stopServer(server);
+  await alice.waitForSelector('#state.offline', { timeout: WAIT });
+  await bob.waitForSelector('#state.offline', { timeout: WAIT });
+  server = await startServer(server.port);
+  await alice.waitForSelector('#state.online', { timeout: WAIT });
+  await bob.waitForSelector('#state.online', { timeout: WAIT });
+  await expectOnline(alice, 2);
+  await say(bob, 'back again');
+  await expectMessage(alice, 'bob', 'back again');
+  await say(alice, 'welcome back');
+  await expectMessage(bob, 'alice', 'welcome back');
+  console.log('ok: after a server restart both pages reconnect, rejoin and chat');
+} catch (error) {
+  failed = true;
+  console.error(`FAILED: ${error.message}`);
+} finally {
+  await browser.close();
+  await stopServer(server);
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,239 @@
+//! The terminal client (`chat-client`) as a person or a script uses it:
+//! the real binary, stdin and stdout piped, against the real server.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use common::{Client, PATIENCE, ServerProcess, connect_from};
+use serde_json::json;
+
+/// A running `chat-client` with its stdin held open and its stdout read by a thread.
+struct ChatClient {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl ChatClient {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-client"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chat-client");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn joined(server: &ServerProcess, user: &str) -> Self {
+        let joins = server.stats()["joins"].as_u64().unwrap();
+        let client = Self::start(&["--url", &server.url(), "--user", user]);
+        assert!(
+            server.wait_counter("joins", joins + 1) > joins,
+            "{user} did not join"
+        );
+        client
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write to chat-client");
+        stdin.flush().expect("flush");
+    }
+
+    /// The next line printed, checked to be `[HH:MM:SS] ` and then `rest`.
+    fn expect_chat(&self, rest: &str) {
+        let line = self
+            .lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("no line printed, wanted {rest:?}"));
+        let (stamp, text) = line.split_at(11.min(line.len()));
+        let b = stamp.as_bytes();
+        let digits = [1, 2, 4, 5, 7, 8].iter().all(|&i| b[i].is_ascii_digit());
+        assert!(
+            b.len() == 11 && b[0] == b'[' && b[3] == b':' && b[6] == b':' && b[9] == b']' && digits,
+            "bad time stamp in {line:?}"
+        );
+        assert_eq!(text, rest, "in {line:?}");
+    }
+
+    /// Closes stdin (end of input) and waits for the exit; returns status and stderr.
+    fn finish(mut self) -> (ExitStatus, String) {
+        self.stdin = None;
+        self.wait_exit()
+    }
+
+    /// Waits for the exit with stdin still open; returns status and stderr.
+    fn wait_exit(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("chat-client did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_string(&mut stderr).expect("read stderr");
+        }
+        (status, stderr)
+    }
+}
+
+/// Runs `chat-client` to the end with `input` on stdin.
+fn run(args: &[&str], input: &str) -> (ExitStatus, String) {
+    let mut client = ChatClient::start(args);
+    if let Some(stdin) = client.stdin.as_mut() {
+        // The client may already have exited (a refused handshake): ignore EPIPE.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    client.finish()
+}
+
+#[test]
+fn two_clients_talk_both_ways_and_leave_cleanly() {
+    let server = ServerProcess::start(&[]);
+    let mut alice = ChatClient::joined(&server, "alice");
+    let mut bob = ChatClient::joined(&server, "bob");
+    alice.type_line("hello bob");
+    bob.expect_chat("alice: hello bob");
+    // Padding is trimmed; escape sequences cannot reach the terminal.
+    bob.type_line("hi alice \u{1b}[31mred   ");
+    alice.expect_chat("bob: hi alice \u{FFFD}[31mred");
+    alice.type_line("/quit");
+    let (status, stderr) = alice.finish();
+    assert!(status.success(), "alice: {status} {stderr}");
+    let (status, stderr) = bob.finish();
+    assert!(status.success(), "bob: {status} {stderr}");
+    let stats = server.stats();
+    assert_eq!(stats["closed_by_leave"], 2);
+    assert_eq!(stats["dropped_without_close"], 0);
+}
+
+#[test]
+fn piped_lines_are_sent_in_order_within_the_rate_limit() {
+    let server = ServerProcess::start(&[]);
+    let mut listener = Client::joined(&server, "listener");
+    // More lines than the rate limit's burst: the client paces them, none is dropped.
+    let lines: Vec<String> = (1..=15).map(|i| format!("line {i}")).collect();
+    let (status, stderr) = run(
+        &["--url", &server.url(), "--user", "bot"],
+        &(lines.join("\n") + "\n"),
+    );
+    assert!(status.success(), "{status} {stderr}");
+    for line in &lines {
+        let chat = listener.recv();
+        assert_eq!(
+            (&chat["user"], &chat["text"]),
+            (&json!("bot"), &json!(line))
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(stats["rate_limited"], 0);
+    assert_eq!(stats["closed_by_leave"], 1);
+}
+
+#[test]
+fn a_message_over_the_limit_is_refused_locally() {
+    let server = ServerProcess::start(&["--max-message-size", "1000"]);
+    let mut listener = Client::joined(&server, "listener");
+    let long = "x".repeat(2000);
+    let (status, stderr) = run(
+        &[
+            "--url",
+            &server.url(),
+            "--user",
+            "bot",
+            "--max-message-size",
+            "1000",
+        ],
+        &format!("{long}\nafter\n"),
+    );
+    assert!(status.success(), "{status} {stderr}");
+    assert!(stderr.contains("message not sent"), "{stderr}");
+    assert_eq!(listener.recv()["text"], "after");
+    assert_eq!(server.stats()["closed_message_too_big"], 0);
+}
+
+#[test]
+fn failures_are_one_line_with_their_own_exit_status() {
+    let server = ServerProcess::start(&[]);
+    let free = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cases = [
+        (format!("ws://{free}/ws"), "bob", 3, "cannot connect"),
+        (format!("ws://{}/nope", server.addr), "bob", 4, "HTTP 404"),
+        (
+            format!("wss://{}/ws", server.addr),
+            "bob",
+            2,
+            "not supported",
+        ),
+        (server.url(), "", 2, "--user"),
+    ];
+    for (url, user, code, says) in cases {
+        let (status, stderr) = run(&["--url", &url, "--user", user], "hi\n");
+        assert_eq!(status.code(), Some(code), "{url}: {stderr}");
+        assert!(stderr.contains(says), "{url}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{url}: {stderr}");
+    }
+}
+
+#[test]
+fn a_lost_connection_reports_the_close_code() {
+    let server = ServerProcess::start(&[]);
+    let client = ChatClient::joined(&server, "alice");
+    server.signal(libc::SIGTERM);
+    let (status, stderr) = client.wait_exit();
+    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("1001 server shutting down"), "{stderr}");
+}
+
+#[test]
+fn bind_sets_the_source_address() {
+    // One connection per address: 127.0.0.1 is taken, so only --bind gets in.
+    let server = ServerProcess::start(&["--max-conns-per-ip", "1"]);
+    let mut listener = Client::joined_over(connect_from("127.0.0.1", &server), &server, "listener");
+    let (status, stderr) = run(&["--url", &server.url(), "--user", "bot"], "hi\n");
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("HTTP 429"), "{stderr}");
+    let (status, stderr) = run(
+        &[
+            "--url",
+            &server.url(),
+            "--user",
+            "bot",
+            "--bind",
+            "127.0.0.2",
+        ],
+        "hi\n",
+    );
+    assert!(status.success(), "{status} {stderr}");
+    assert_eq!(listener.recv()["text"], "hi");
+}
