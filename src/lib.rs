@@ -6,6 +6,9 @@
 //! `timer_wheel` and `ip_limit`; `server` is the event loop that owns the sockets.
 //! `client` is the terminal client's side of the protocol (`src/bin/chat-client.rs`).
 
+/// With `--features redis`: the Redis pub/sub backplane; without: a stub that refuses `--redis`.
+#[cfg_attr(not(feature = "redis"), path = "backplane_off.rs")]
+pub mod backplane;
 pub mod chat;
 pub mod client;
 pub mod close;

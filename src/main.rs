@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let server = match Server::bind(config, fd_limit) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("websocket-public-chat: cannot listen on {host}:{port}: {e}");
+            eprintln!("websocket-public-chat: cannot start on {host}:{port}: {e}");
             return ExitCode::FAILURE;
         }
     };

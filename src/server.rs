@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use slab::Slab;
 
+use crate::backplane::Backplane;
 use crate::chat::{ChatState, Member, Outcome};
 use crate::close::{self, ProtocolError};
 use crate::config::Config;
@@ -35,6 +36,7 @@ use crate::timer_wheel::TimerWheel;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+const BACKPLANE: Token = Token(usize::MAX - 2);
 
 /// The read buffer shared by every connection.
 const READ_BUF: usize = 64 * 1024;
@@ -80,6 +82,8 @@ pub struct Server {
     presence_sent_at: u64,
     /// The browser page's whole HTTP response, built once.
     page: Rc<[u8]>,
+    /// With `--redis`: the link to the other instances.
+    backplane: Option<Backplane>,
     /// Entries are (slab key, connection id); see `expire_timers` for stale ones.
     timers: TimerWheel<(u32, u32)>,
     stats: Counters,
@@ -151,6 +155,14 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
 
+        let backplane = match &config.redis {
+            Some(url) => {
+                let waker = mio::Waker::new(poll.registry(), BACKPLANE)?;
+                let started = Backplane::start(url, &config.redis_channel, waker);
+                Some(started.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+            }
+            None => None,
+        };
         let ip_limit = (config.max_conns_per_ip > 0).then(|| IpLimit::new(config.max_conns_per_ip));
         let default_max = fd_limit.saturating_sub(RESERVED_FDS).clamp(1, 1 << 24) as usize;
         Ok(Self {
@@ -167,6 +179,7 @@ impl Server {
             presence_pending: false,
             presence_sent_at: 0,
             page: handshake::page(PAGE).into(),
+            backplane,
             timers: TimerWheel::new(WHEEL_SLOTS, WHEEL_TICK_MS, 0),
             stats: Counters::default(),
             started: Instant::now(),
@@ -208,6 +221,7 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(now),
                     SIGNALS => self.on_signal(now),
+                    BACKPLANE => self.relay_remote(now),
                     Token(key) => {
                         if event.is_writable() || event.is_write_closed() {
                             self.mark_dirty(key);
@@ -469,18 +483,25 @@ impl Server {
             }
             Route::Health => {
                 self.stats.http_health += 1;
+                let body: &[u8] = match &self.backplane {
+                    Some(backplane) if !backplane.is_up() => {
+                        b"ok; backplane down: chats reach this instance's clients only\n"
+                    }
+                    _ => b"ok\n",
+                };
                 self.respond(
                     key,
-                    handshake::ok("text/plain; charset=utf-8", b"ok\n").into(),
+                    handshake::ok("text/plain; charset=utf-8", body).into(),
                     now,
                 );
             }
             Route::Stats => {
                 self.stats.http_stats += 1;
                 let uptime = self.started.elapsed().as_secs_f64();
+                let backplane = self.backplane.as_ref().map(Backplane::stats);
                 let body = self
                     .stats
-                    .to_json(self.conns.len(), self.room.len(), uptime);
+                    .to_json(self.conns.len(), self.room.len(), uptime, backplane);
                 self.respond(key, handshake::ok("application/json", &body).into(), now);
             }
         }
@@ -564,7 +585,12 @@ impl Server {
                 self.drain(key, now);
             }
             Reaction::Chat(Outcome::Join { user, presence }) => self.join(key, user, presence),
-            Reaction::Chat(Outcome::Relay(frame)) => self.relay(key, frame.into(), now),
+            Reaction::Chat(Outcome::Relay(frame)) => {
+                if let Some(backplane) = &self.backplane {
+                    backplane.publish(&frame);
+                }
+                self.relay(Some(key), frame.into(), now);
+            }
             Reaction::Chat(Outcome::Reply(frame)) => self.send(key, frame.into()),
             Reaction::Chat(Outcome::Leave) => {
                 self.stats.closed_by_leave += 1;
@@ -658,12 +684,12 @@ impl Server {
     /// gets a reference-count bump and a queue slot: no per-recipient
     /// allocation, copy or JSON work. Nothing is written here: the flush at
     /// the end of the turn writes each recipient's socket once.
-    fn relay(&mut self, sender: usize, frame: Rc<[u8]>, now: u64) {
+    fn relay(&mut self, sender: Option<usize>, frame: Rc<[u8]>, now: u64) {
         self.stats.chats_relayed += 1;
         let limit = self.config.max_backlog;
         let mut delivered = 0;
         for &key in self.room.members() {
-            if key == sender {
+            if Some(key) == sender {
                 continue;
             }
             let Some(conn) = self.conns.get_mut(key) else {
@@ -685,6 +711,19 @@ impl Server {
             self.stats.slow_consumer_closes += 1;
             self.close(key, close::POLICY_VIOLATION, "slow consumer", now);
         }
+    }
+
+    /// Relays the chats other instances published: each serialized into a
+    /// frame once, then the same hot path as a local chat.
+    fn relay_remote(&mut self, now: u64) {
+        let Some(backplane) = self.backplane.take() else {
+            return;
+        };
+        backplane.drain(|chat| {
+            let frame = frame::server_frame(OpCode::Text, &[chat]);
+            self.relay(None, frame.into(), now);
+        });
+        self.backplane = Some(backplane);
     }
 
     /// Queues a frame for one connection.

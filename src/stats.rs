@@ -55,6 +55,22 @@ pub struct Counters {
     pub accept_pauses: u64,
 }
 
+/// The Redis backplane's link state and counters (with `--redis`).
+#[derive(Debug, Serialize)]
+pub struct BackplaneStats {
+    /// "up" when both the publishing and the subscribing connection are.
+    pub state: &'static str,
+    pub instance_id: String,
+    pub published: u64,
+    pub received: u64,
+    /// Dropped on the way out: queue full, or Redis down.
+    pub lost_outgoing: u64,
+    /// Dropped on the way in: the loop's queue full.
+    pub lost_incoming: u64,
+    /// Channel messages that were not a chat from an instance.
+    pub malformed: u64,
+}
+
 /// What `/stats` returns: live figures plus every counter.
 #[derive(Serialize)]
 struct Snapshot<'a> {
@@ -62,6 +78,8 @@ struct Snapshot<'a> {
     joined: usize,
     uptime_seconds: f64,
     ignored_total: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backplane: Option<BackplaneStats>,
     #[serde(flatten)]
     counters: &'a Counters,
 }
@@ -118,12 +136,14 @@ impl Counters {
         active_connections: usize,
         joined: usize,
         uptime_seconds: f64,
+        backplane: Option<BackplaneStats>,
     ) -> Vec<u8> {
         let snapshot = Snapshot {
             active_connections,
             joined,
             uptime_seconds,
             ignored_total: self.ignored_total(),
+            backplane,
             counters: self,
         };
         // Plain numbers and strings: serializing cannot fail.
@@ -212,7 +232,7 @@ mod tests {
         let mut c = Counters::default();
         c.ignored(Ignored::Malformed);
         c.protocol_error(ProtocolError::InvalidUtf8);
-        let v: serde_json::Value = serde_json::from_slice(&c.to_json(3, 2, 1.5)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&c.to_json(3, 2, 1.5, None)).unwrap();
         assert_eq!(v["active_connections"], 3);
         assert_eq!(v["joined"], 2);
         assert_eq!(v["ignored_malformed"], 1);
