@@ -58,10 +58,12 @@ start_server() { # $1: command with {port}
   exit 1
 }
 
+cluster_pids=()
 stop_server() {
-  kill "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
+  kill "$server_pid" "${cluster_pids[@]}" 2>/dev/null || true
+  wait "$server_pid" "${cluster_pids[@]}" 2>/dev/null || true
   server_pid=
+  cluster_pids=()
 }
 trap stop_server EXIT
 
@@ -132,7 +134,54 @@ for name in steady burst churn; do
   start_server "$cmd"; k6_run "$label" churn.js; stop_server
 }
 
+# Scale-out: two instances sharing the room through Redis (built with
+# `--features redis` in its own target dir, so the default binary above is
+# untouched), every other connection on each, the same fan-out load. The
+# servers' CPU figure is both instances plus Redis, all on the servers' core.
+cluster() {
+  if ! command -v redis-server >/dev/null; then
+    echo "run.sh: no redis-server (tests/redis.sh installs it): cluster scenario skipped" >&2
+    return
+  fi
+  cargo build --release --quiet -p websocket-public-chat --features redis --target-dir target/redis
+  local rport urls=() pids=()
+  rport=$(free_port)
+  "${pin_server[@]}" redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no >"$work/redis.log" 2>&1 &
+  cluster_pids+=($!)
+  for _ in 1 2; do
+    local port
+    port=$(free_port)
+    "${pin_server[@]}" target/redis/release/websocket-public-chat --host 127.0.0.1 --port "$port" \
+      --redis "redis://127.0.0.1:$rport/" >"$work/instance-$port.log" 2>&1 &
+    cluster_pids+=($!)
+    urls+=(--url "ws://127.0.0.1:$port/ws")
+  done
+  for pid in "${cluster_pids[@]}"; do pids+=(--server-pid "$pid"); done
+  # Both instances' backplane up before the load starts.
+  python3 - "${urls[@]}" <<'PY'
+import json, sys, time, urllib.request
+ports = [u.split(":")[2].split("/")[0] for u in sys.argv[1:] if u.startswith("ws://")]
+deadline = time.time() + 10
+for port in ports:
+    while True:
+        try:
+            s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=1))
+            if s["backplane"]["state"] == "up":
+                break
+        except OSError:
+            pass
+        if time.time() > deadline:
+            sys.exit(f"run.sh: instance on {port} never linked to Redis")
+        time.sleep(0.05)
+PY
+  local label="websocket-public-chat ×2 + Redis" scenario="cluster fanout 1000 × 100 senders × 9/s"
+  echo "== $label: $scenario" >&2
+  "${pin_loadgen[@]}" "$loadgen" "${urls[@]}" "${pids[@]}" --json fanout --duration 10 | record "$label" "$scenario"
+  stop_server
+}
+
 suite websocket-public-chat "$server_bin --host 127.0.0.1 --port {port}"
+[ "$quick" = 1 ] || cluster
 for cmd in "${compares[@]}"; do
   suite "$(basename "${cmd%% *}")" "$cmd"
 done

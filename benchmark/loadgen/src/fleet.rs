@@ -116,8 +116,8 @@ pub struct Fleet {
     poll: Poll,
     events: Option<Events>,
     conns: Slab<Conn>,
-    target: Target,
-    request: Vec<u8>,
+    /// Servers to connect to, in turn (several: instances sharing one room).
+    targets: Vec<(Target, Vec<u8>)>,
     spread_sources: bool,
     connects: usize,
     mask_seed: u32,
@@ -125,19 +125,23 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(target: Target, spread_sources: bool) -> io::Result<Self> {
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            target.path, target.host
-        )
-        .into_bytes();
+    pub fn new(targets: Vec<Target>, spread_sources: bool) -> io::Result<Self> {
+        let targets = targets
+            .into_iter()
+            .map(|target| {
+                let request = format!(
+                    "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                    target.path, target.host
+                );
+                (target, request.into_bytes())
+            })
+            .collect();
         Ok(Self {
             poll: Poll::new()?,
             events: Some(Events::with_capacity(4096)),
             conns: Slab::new(),
-            target,
-            request,
+            targets,
             spread_sources,
             connects: 0,
             mask_seed: 0x9E37_79B9,
@@ -152,7 +156,8 @@ impl Fleet {
 
     /// Starts a connection; `opened` follows once it is upgraded.
     pub fn connect(&mut self) -> io::Result<usize> {
-        let addr = self.target.addr;
+        let (target, request) = &self.targets[self.connects % self.targets.len()];
+        let (addr, request) = (target.addr, request.clone());
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -186,7 +191,7 @@ impl Fleet {
         entry.insert(Conn {
             stream,
             state: State::Connecting,
-            out: self.request.clone(),
+            out: request,
             written: 0,
             inbuf: Vec::new(),
             started: Instant::now(),

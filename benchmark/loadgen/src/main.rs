@@ -23,12 +23,13 @@ use procstat::Sample;
 #[derive(Parser)]
 #[command(name = "loadgen", about = "Load generator for websocket-public-chat")]
 struct Cli {
-    /// Server WebSocket URL (loopback only).
+    /// Server WebSocket URL (loopback only). Repeat it for several instances
+    /// sharing one room: connections go to each in turn.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws", global = true)]
-    url: String,
-    /// PID of the server, to report its CPU time and memory.
+    url: Vec<String>,
+    /// PID of the server, to report its CPU time and memory (repeatable: the figures are summed).
     #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -201,12 +202,20 @@ impl Window {
     }
 }
 
-/// Where the server's figures come from.
-pub struct ServerWatch(Option<String>);
+/// Where the server's figures come from: one process, or the sum of several.
+pub struct ServerWatch(Vec<String>);
 
 impl ServerWatch {
     pub fn sample(&self) -> Option<Sample> {
-        self.0.as_deref().and_then(procstat::sample)
+        let mut samples = self.0.iter().map(|pid| procstat::sample(pid));
+        let first = samples.next()??;
+        samples.try_fold(first, |sum, s| {
+            let s = s?;
+            Some(Sample {
+                cpu: sum.cpu + s.cpu,
+                rss_kib: sum.rss_kib + s.rss_kib,
+            })
+        })
     }
 }
 
@@ -323,16 +332,16 @@ impl Report {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let target = match Target::parse(&cli.url) {
-        Ok(target) => target,
+    let targets = match cli.url.iter().map(|url| Target::parse(url)).collect() {
+        Ok(targets) => targets,
         Err(e) => {
             eprintln!("loadgen: {e}");
             return ExitCode::FAILURE;
         }
     };
     websocket_public_chat::sys::raise_fd_limit();
-    let server = ServerWatch(cli.server_pid.map(|pid| pid.to_string()));
-    let mut fleet = match Fleet::new(target, cli.spread_sources) {
+    let server = ServerWatch(cli.server_pid.iter().map(u32::to_string).collect());
+    let mut fleet = match Fleet::new(targets, cli.spread_sources) {
         Ok(fleet) => fleet,
         Err(e) => {
             eprintln!("loadgen: {e}");
