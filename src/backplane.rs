@@ -69,11 +69,15 @@ impl Backplane {
             "redis-publish",
             Box::new(move || publisher(&c, &ch, &to_publish, &s)),
         )?;
-        let (ch, s, w) = (channel.to_string(), Arc::clone(&shared), Arc::clone(&waker));
-        spawn(
-            "redis-subscribe",
-            Box::new(move || subscriber(&client, &ch, id, &to_loop, &w, &s)),
-        )?;
+        let subscriber = Subscriber {
+            client,
+            channel: channel.to_string(),
+            own_id: id,
+            to_loop,
+            waker: Arc::clone(&waker),
+            shared: Arc::clone(&shared),
+        };
+        spawn("redis-subscribe", Box::new(move || subscriber.run()))?;
         Ok(Self {
             id,
             waker,
@@ -242,68 +246,67 @@ impl<'a> Link<'a> {
 }
 
 /// Receives the channel's messages and hands other instances' chats to the loop.
-fn subscriber(
-    client: &redis::Client,
-    channel: &str,
+struct Subscriber {
+    client: redis::Client,
+    channel: String,
     own_id: u64,
-    to_loop: &SyncSender<Vec<u8>>,
-    waker: &Waker,
-    s: &Shared,
-) {
-    let mut backoff = BACKOFF.0;
-    loop {
-        let ended = subscribe(client, channel, own_id, to_loop, waker, s, &mut backoff);
-        s.subscriber_up.store(false, Ordering::Relaxed);
-        if ended.is_ok() {
-            return; // The loop is gone.
-        }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(BACKOFF.1);
-    }
+    to_loop: SyncSender<Vec<u8>>,
+    waker: Arc<Waker>,
+    shared: Arc<Shared>,
 }
 
-/// One subscription, until Redis fails (`Err`) or the loop is gone (`Ok`).
-fn subscribe(
-    client: &redis::Client,
-    channel: &str,
-    own_id: u64,
-    to_loop: &SyncSender<Vec<u8>>,
-    waker: &Waker,
-    s: &Shared,
-    backoff: &mut Duration,
-) -> redis::RedisResult<()> {
-    let mut connection = client.get_connection_with_timeout(REDIS_TIMEOUT)?;
-    let mut pubsub = connection.as_pubsub();
-    pubsub.subscribe(channel)?;
-    // Wakes now and then so that a dead server side is noticed.
-    pubsub.set_read_timeout(Some(REDIS_TIMEOUT))?;
-    s.subscriber_up.store(true, Ordering::Relaxed);
-    *backoff = BACKOFF.0;
-    loop {
-        let message = match pubsub.get_message() {
-            Ok(message) => message,
-            Err(e) if e.is_timeout() => continue,
-            Err(e) => return Err(e),
-        };
-        let payload: Vec<u8> = message.get_payload()?;
-        let Some(chat) = decode(&payload, own_id) else {
-            if payload.get(..16) != Some(format!("{own_id:016x}").as_bytes()) {
-                s.malformed.fetch_add(1, Ordering::Relaxed);
+impl Subscriber {
+    /// Subscribes, and again with backoff whenever Redis fails, until the loop is gone.
+    fn run(&self) {
+        let mut backoff = BACKOFF.0;
+        loop {
+            let ended = self.subscribe(&mut backoff);
+            self.shared.subscriber_up.store(false, Ordering::Relaxed);
+            if ended.is_ok() {
+                return;
             }
-            continue;
-        };
-        match to_loop.try_send(chat.to_vec()) {
-            Ok(()) => {
-                s.received.fetch_add(1, Ordering::Relaxed);
-                // One wake per batch: the loop drains everything queued at once.
-                if !s.wake_pending.swap(true, Ordering::AcqRel) {
-                    let _ = waker.wake();
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(BACKOFF.1);
+        }
+    }
+
+    /// One subscription, until Redis fails (`Err`) or the loop is gone (`Ok`).
+    fn subscribe(&self, backoff: &mut Duration) -> redis::RedisResult<()> {
+        let s = &self.shared;
+        let mut connection = self.client.get_connection_with_timeout(REDIS_TIMEOUT)?;
+        let mut pubsub = connection.as_pubsub();
+        pubsub.subscribe(&self.channel)?;
+        // Wakes now and then so that a dead server side is noticed.
+        pubsub.set_read_timeout(Some(REDIS_TIMEOUT))?;
+        s.subscriber_up.store(true, Ordering::Relaxed);
+        *backoff = BACKOFF.0;
+        let own_prefix = format!("{:016x} ", self.own_id);
+        loop {
+            let message = match pubsub.get_message() {
+                Ok(message) => message,
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => return Err(e),
+            };
+            let payload: Vec<u8> = message.get_payload()?;
+            let Some(chat) = decode(&payload, self.own_id) else {
+                if !payload.starts_with(own_prefix.as_bytes()) {
+                    s.malformed.fetch_add(1, Ordering::Relaxed);
                 }
+                continue;
+            };
+            match self.to_loop.try_send(chat.to_vec()) {
+                Ok(()) => {
+                    s.received.fetch_add(1, Ordering::Relaxed);
+                    // One wake per batch: the loop drains everything queued at once.
+                    if !s.wake_pending.swap(true, Ordering::AcqRel) {
+                        let _ = self.waker.wake();
+                    }
+                }
+                Err(TrySendError::Full(_)) => {
+                    s.lost_incoming.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Disconnected(_)) => return Ok(()),
             }
-            Err(TrySendError::Full(_)) => {
-                s.lost_incoming.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => return Ok(()),
         }
     }
 }
