@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::handshake::{MAX_HEAD, accept_key};
+use crate::handshake::{MAX_HEAD, accept_key, has_token};
 
 /// Where to connect, from a `ws://host[:port][/path]` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,13 +106,9 @@ pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, Refusal> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.trim_ascii())
     };
-    let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-    };
-    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+    if !has_token(res.headers, "Upgrade", "websocket")
+        || !has_token(res.headers, "Connection", "upgrade")
+    {
         return Err(Refusal::Invalid("101 without Upgrade: websocket"));
     }
     if header("Sec-WebSocket-Accept") != Some(accept_key(key.as_bytes()).as_bytes()) {
@@ -251,6 +247,10 @@ mod tests {
             Err(Refusal::Status(404, "Not Found".into()))
         );
         assert!(check_response(b"SSH-2.0-OpenSSH\r\n\r\n", key).is_err());
+        // The answer printed in RFC 6455 §1.3, not one of ours.
+        let rfc = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert_eq!(check_response(rfc, key), Ok(Some(rfc.len())));
     }
 
     #[test]

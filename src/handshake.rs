@@ -130,15 +130,8 @@ fn upgrade(
             _ => Err(Reject::BadRequest),
         }
     };
-    let has_token = |name: &str, token: &str| {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .flat_map(|h| h.value.split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    };
     single("Host")?;
-    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+    if !has_token(headers, "Upgrade", "websocket") || !has_token(headers, "Connection", "upgrade") {
         return Err(Reject::BadRequest);
     }
     let key = single("Sec-WebSocket-Key")?;
@@ -167,6 +160,16 @@ fn upgrade(
     Ok(Route::Upgrade {
         accept: accept_key(key),
     })
+}
+
+/// Whether a comma-separated header `name` (any of its fields) lists `token`,
+/// both compared case-insensitively, as `Upgrade` and `Connection` are.
+pub fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).

@@ -110,7 +110,12 @@ pub fn parse(text: &str) -> Result<Request<'_>, Ignored> {
 /// JSON every client can parse, and serde_json's raw and skip paths accept
 /// both. Nothing is built, so nothing is allocated (but for escaped strings).
 fn is_strict(raw: &RawValue) -> bool {
-    serde_json::from_str::<StrictAny>(raw.get()).is_ok()
+    is_strict_json(raw.get())
+}
+
+/// Whether `json` is one JSON value under the strict rules of `is_strict`.
+pub fn is_strict_json(json: &str) -> bool {
+    serde_json::from_str::<StrictAny>(json).is_ok()
 }
 
 /// Any JSON value, walked and dropped. Unlike `IgnoredAny`, which skips

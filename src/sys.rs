@@ -1,9 +1,9 @@
-//! The OS calls std does not wrap: the open-file limit, TCP_NODELAY on a
-//! listener, binding before connecting, the local time of day.
+//! The OS calls std does not wrap: the open-file limit, integer socket options
+//! (TCP_NODELAY on a listener), binding before connecting, the local time of day.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.
 pub fn raise_fd_limit() -> u64 {
@@ -31,16 +31,25 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Sets TCP_NODELAY on a listening socket; on Linux every accepted socket inherits it.
 #[cfg(target_os = "linux")]
-pub fn set_listener_nodelay(listener: &impl std::os::fd::AsRawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
+pub fn set_listener_nodelay(listener: &impl AsRawFd) -> io::Result<()> {
+    set_int_option(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
+/// `setsockopt` with an integer value, for options std has no setter for.
+pub fn set_int_option(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt on a descriptor the caller owns, reading a c_int that
     // outlives the call, with its exact size.
     let rc = unsafe {
         libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

@@ -88,22 +88,14 @@ struct Conn {
 /// binding to port 0 searches every port in use on the address, which grows
 /// with the connection count and made the generator its own bottleneck.
 fn bind_address_no_port(socket: &socket2::Socket) {
+    // Failure only loses the optimization.
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt on a socket we own, with a pointer to a c_int that
-        // outlives the call and its exact size. Failure only loses the optimization.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    let _ = websocket_public_chat::sys::set_int_option(
+        socket,
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        1,
+    );
 }
 
 /// Source addresses taken in turn. With one source the kernel's search for a free
