@@ -1,7 +1,11 @@
 //! Command-line flags. Times are given in seconds (fractions allowed) and
-//! kept in milliseconds.
+//! kept in milliseconds. Every flag has a valid range, checked at start:
+//! nonsense is refused with one line on stderr and exit status 2.
+
+use std::ffi::OsString;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
 /// A public chat room over WebSocket (one room, "public", at /ws).
 #[derive(Parser, Debug, Clone)]
@@ -16,31 +20,33 @@ pub struct Config {
     pub port: u16,
 
     /// Stop after this many seconds; 0 runs until SIGINT/SIGTERM.
-    #[arg(long = "duration", value_name = "SECS", default_value = "0", value_parser = seconds_or_zero)]
+    #[arg(long = "duration", value_name = "SECS", default_value = "0", value_parser = duration)]
     pub duration_ms: u64,
 
-    /// Ping a client after this many seconds without hearing from it.
-    #[arg(long = "ping-interval", value_name = "SECS", default_value = "30", value_parser = seconds)]
+    /// Ping a client after this many seconds without hearing from it (0.01 to 86400).
+    #[arg(long = "ping-interval", value_name = "SECS", default_value = "30", value_parser = timeout)]
     pub ping_interval_ms: u64,
 
-    /// Close a client after this many seconds without hearing from it.
-    #[arg(long = "pong-timeout", value_name = "SECS", default_value = "60", value_parser = seconds)]
+    /// Close a client after this many seconds without hearing from it
+    /// (0.01 to 86400, more than --ping-interval).
+    #[arg(long = "pong-timeout", value_name = "SECS", default_value = "60", value_parser = timeout)]
     pub pong_timeout_ms: u64,
 
-    /// Close a connection whose HTTP upgrade is not complete after this many seconds.
-    #[arg(long = "handshake-timeout", value_name = "SECS", default_value = "10", value_parser = seconds)]
+    /// Close a connection whose HTTP upgrade is not complete after this many seconds (0.01 to 86400).
+    #[arg(long = "handshake-timeout", value_name = "SECS", default_value = "10", value_parser = timeout)]
     pub handshake_timeout_ms: u64,
 
-    /// Largest message accepted, in bytes (larger: close 1009).
-    #[arg(long, value_name = "BYTES", default_value_t = 65536)]
+    /// Largest message accepted, in bytes (larger: close 1009); 1 to 1 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = in_range(1, MAX_BYTES))]
     pub max_message_size: usize,
 
-    /// Unsent bytes a connection may have queued before it counts as a slow consumer.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    /// Memory a connection's unsent frames may take, in bytes, before it counts
+    /// as a slow consumer (each frame counts its bytes plus 64); 1 KiB to 1 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = in_range(1024, MAX_BYTES))]
     pub max_backlog: usize,
 
-    /// Most simultaneous connections [default: what the open-file limit allows].
-    #[arg(long, value_name = "N")]
+    /// Most simultaneous connections, 1 to 16777216 [default: what the open-file limit allows].
+    #[arg(long, value_name = "N", value_parser = in_range(1, MAX_CONNS))]
     pub max_conns: Option<usize>,
 
     /// Most simultaneous connections from one IP address (more get 429); 0 = no limit.
@@ -70,21 +76,65 @@ pub struct Config {
     pub redis_channel: String,
 }
 
-fn seconds_or_zero(text: &str) -> Result<u64, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !(0.0..=1e9).contains(&secs) {
-        return Err(format!("`{text}` is out of range"));
+/// Largest `--max-message-size` and `--max-backlog`: 1 GiB.
+const MAX_BYTES: usize = 1 << 30;
+/// Largest `--max-conns`: far more than any open-file limit, and keys fit in 32 bits.
+pub const MAX_CONNS: usize = 1 << 24;
+
+impl Config {
+    /// Parses and checks the flags. `Err` is one line for stderr (exit
+    /// status 2); `--help` and `--version` print and exit here.
+    pub fn from_args<I, T>(args: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let config = match Self::try_parse_from(args) {
+            Ok(config) => config,
+            Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+                e.exit()
+            }
+            Err(e) => {
+                let text = e.render().to_string();
+                let line = text.lines().next().unwrap_or_default();
+                return Err(line.strip_prefix("error: ").unwrap_or(line).to_string());
+            }
+        };
+        if config.pong_timeout_ms <= config.ping_interval_ms {
+            return Err(format!(
+                "--pong-timeout ({} s) must be more than --ping-interval ({} s)",
+                config.pong_timeout_ms as f64 / 1000.0,
+                config.ping_interval_ms as f64 / 1000.0
+            ));
+        }
+        Ok(config)
     }
-    Ok((secs * 1000.0).round() as u64)
 }
 
-fn seconds(text: &str) -> Result<u64, String> {
-    match seconds_or_zero(text)? {
-        0 => Err("must be at least 0.001".into()),
-        ms => Ok(ms),
+/// A whole number from `min` to `max`.
+fn in_range(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |text| match text.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("must be a whole number from {min} to {max}")),
     }
+}
+
+/// Seconds, fractions allowed, from `min` to `max`, kept as milliseconds.
+fn seconds(text: &str, min: f64, max: f64) -> Result<u64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (min..=max).contains(&secs) => Ok((secs * 1000.0).round() as u64),
+        _ => Err(format!("must be a number of seconds from {min} to {max}")),
+    }
+}
+
+/// `--duration`: 0 (no end) to 10^9 seconds.
+fn duration(text: &str) -> Result<u64, String> {
+    seconds(text, 0.0, 1e9)
+}
+
+/// Keepalive and handshake times: 10 ms to a day.
+fn timeout(text: &str) -> Result<u64, String> {
+    seconds(text, 0.01, 86_400.0)
 }
 
 #[cfg(test)]
@@ -136,5 +186,27 @@ mod tests {
         assert!(Config::try_parse_from(["x", "--ping-interval", "0"]).is_err());
         assert!(Config::try_parse_from(["x", "--duration", "-1"]).is_err());
         assert!(Config::try_parse_from(["x", "--duration", "soon"]).is_err());
+    }
+
+    #[test]
+    fn nonsense_is_refused_in_one_line() {
+        for args in [
+            &["--max-backlog", "0"][..],
+            &["--max-backlog", "1023"],
+            &["--max-message-size", "0"],
+            &["--max-message-size", "2000000000"],
+            &["--max-conns", "0"],
+            &["--max-conns", "99999999999"],
+            &["--ping-interval", "0.001"],
+            &["--ping-interval", "30", "--pong-timeout", "30"],
+            &["--ping-interval", "70"],
+            &["--handshake-timeout", "1e6"],
+        ] {
+            let all = std::iter::once("x").chain(args.iter().copied());
+            let error = Config::from_args(all).expect_err(&format!("{args:?} accepted"));
+            assert!(!error.contains('\n') && !error.is_empty(), "{error:?}");
+        }
+        let ok = Config::from_args(["x", "--max-backlog", "1024", "--max-conns", "1"]).unwrap();
+        assert_eq!((ok.max_backlog, ok.max_conns), (1024, Some(1)));
     }
 }

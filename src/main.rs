@@ -3,13 +3,18 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use websocket_public_chat::config::Config;
-use websocket_public_chat::server::Server;
+use websocket_public_chat::event_loop::Server;
 use websocket_public_chat::sys;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::from_args(std::env::args_os()) {
+        Ok(config) => config,
+        Err(line) => {
+            eprintln!("websocket-public-chat: {line}");
+            return ExitCode::from(2);
+        }
+    };
     let fd_limit = sys::raise_fd_limit();
     let (host, port, echo) = (config.host.clone(), config.port, config.echo);
     let server = match Server::bind(config, fd_limit) {

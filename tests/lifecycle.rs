@@ -180,3 +180,42 @@ fn sigterm_closes_clients_cleanly_and_exits_zero() {
     // The grace period for unanswered closes is 2 s.
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn new_clients_are_refused_at_once_while_shutdown_waits() {
+    let server = ServerProcess::start(&[]);
+    // A client that never answers our close keeps the 2 s grace period going.
+    let mut mute = RawClient::connect(&server);
+    mute.send_json(json!({"type": "join", "user": "mute"}));
+    mute.send_json(json!({"type": "ping", "ts": 1}));
+    assert_eq!(mute.recv_json(), json!({"type": "pong", "ts": 1}));
+    server.signal(libc::SIGTERM);
+    assert_eq!(mute.recv_close(), Some(1001));
+    // Shutdown has begun: the listener is closed, so the kernel refuses at once.
+    let started = Instant::now();
+    match std::net::TcpStream::connect(server.addr) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("a new client was let in during shutdown"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let (status, _) = server.wait_exit(PATIENCE);
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn pings_are_answered_while_we_wait_for_the_peers_close() {
+    let server = ServerProcess::start(&[]);
+    let mut raw = RawClient::connect(&server);
+    raw.send_json(json!({"type": "join", "user": "leaving"}));
+    raw.send_json(json!({"type": "leave"}));
+    assert_eq!(raw.recv_close(), Some(1000));
+    // Our close is not sent yet; the server still answers pings (RFC 6455 §5.5.2).
+    raw.send_frame(FIN | PING, b"still here?");
+    let (first, payload) = raw.read_frame().expect("a pong");
+    assert_eq!(
+        (first, payload.as_slice()),
+        (FIN | PONG, &b"still here?"[..])
+    );
+    raw.finish_close(1000);
+    assert_eq!(server.stats()["closed_by_leave"], 1);
+}

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Parser;
+use websocket_public_chat::chat::protocol;
+use websocket_public_chat::chat::rate_limit::{self, TokenBucket};
 use websocket_public_chat::client::{self, Incoming, Refusal, Url};
-use websocket_public_chat::close::{self, CloseFrame};
-use websocket_public_chat::frame::{self, OpCode, Role};
-use websocket_public_chat::message::{Event, Limits, MessageReader};
-use websocket_public_chat::rate_limit::{self, TokenBucket};
-use websocket_public_chat::{protocol, sys};
+use websocket_public_chat::sys;
+use websocket_public_chat::websocket::close::{self, CloseFrame};
+use websocket_public_chat::websocket::frame::{self, OpCode, Role};
+use websocket_public_chat::websocket::message::{Event, Limits, MessageReader};
 
 /// Longest wait for the TCP connection, for the 101, and for the server's close.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -225,46 +226,23 @@ impl Shared {
     fn read_socket(&self, mut stream: TcpStream, mut unread: Vec<u8>) -> Result<(), Failure> {
         let lost = |e: io::Error| Failure::Lost(format!("connection lost: {e}"));
         stream.set_read_timeout(Some(READ_TICK)).map_err(lost)?;
-        let limits = Limits {
-            role: Role::Client,
-            max_message: MAX_INCOMING,
-        };
         let mut reader = MessageReader::default();
+        if let Some(end) = self.on_bytes(&mut reader, &mut unread) {
+            return end;
+        }
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
-            let mut start = 0;
-            loop {
-                let (used, event) = match reader.read(&mut unread[start..], limits) {
-                    Ok(step) => step,
-                    Err(error) => {
-                        let _ = self.send(
-                            OpCode::Close,
-                            &close::payload(error.close_code(), error.reason()),
-                        );
-                        return Err(Failure::Lost(format!(
-                            "the server broke the protocol: {}",
-                            error.reason()
-                        )));
-                    }
-                };
-                if let Some(event) = event
-                    && let Some(end) = self.on_event(event)
-                {
-                    return end;
-                }
-                if used == 0 {
-                    break;
-                }
-                start += used;
-            }
-            unread.drain(..start);
             match stream.read(&mut chunk) {
                 Ok(0) => {
                     return Err(Failure::Lost(
                         "connection lost: the server closed it without a close frame".into(),
                     ));
                 }
-                Ok(n) => unread.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    if let Some(end) = self.on_bytes(&mut reader, &mut chunk[..n]) {
+                        return end;
+                    }
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -279,6 +257,42 @@ impl Shared {
                 Err(e) => return Err(lost(e)),
             }
         }
+    }
+
+    /// Acts on every message the bytes complete (the reader keeps the rest);
+    /// `Some` when the connection is over.
+    fn on_bytes(
+        &self,
+        reader: &mut MessageReader,
+        bytes: &mut [u8],
+    ) -> Option<Result<(), Failure>> {
+        let limits = Limits {
+            role: Role::Client,
+            max_message: MAX_INCOMING,
+        };
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let (used, event) = match reader.read(&mut bytes[pos..], limits) {
+                Ok(step) => step,
+                Err(error) => {
+                    let _ = self.send(
+                        OpCode::Close,
+                        &close::payload(error.close_code(), error.reason()),
+                    );
+                    return Some(Err(Failure::Lost(format!(
+                        "the server broke the protocol: {}",
+                        error.reason()
+                    ))));
+                }
+            };
+            pos += used;
+            if let Some(event) = event
+                && let Some(end) = self.on_event(event)
+            {
+                return Some(end);
+            }
+        }
+        None
     }
 
     /// Acts on one message; `Some` when the connection is over.

@@ -17,6 +17,14 @@ use tungstenite::{Message, WebSocket};
 /// Upper bound for any single wait in a test.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The server binary under test: this build's, or `SERVER_BIN` (to show
+/// that a test fails on an older build).
+pub fn server_binary() -> std::path::PathBuf {
+    std::env::var_os("SERVER_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_websocket-public-chat").into())
+}
+
 /// A running server process, killed on drop if the test did not stop it.
 pub struct ServerProcess {
     child: Child,
@@ -27,7 +35,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the server on 127.0.0.1 with a free port and the given extra flags.
     pub fn start(args: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_websocket-public-chat"));
+        let mut command = Command::new(server_binary());
         command.args(args);
         Self::spawn(command)
     }
@@ -38,7 +46,7 @@ impl ServerProcess {
         command
             .arg("-c")
             .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_websocket-public-chat"))
+            .arg(server_binary())
             .args(args);
         Self::spawn(command)
     }
@@ -308,6 +316,8 @@ impl Client {
 pub struct RawClient {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// Where the unread part of `buf` starts.
+    start: usize,
 }
 
 /// The mask every raw client frame uses.
@@ -367,21 +377,32 @@ pub const PONG: u8 = 0xA;
 impl RawClient {
     /// Connects and completes the upgrade; fails the test on anything but 101.
     pub fn connect(server: &ServerProcess) -> Self {
-        let mut client = Self::connect_with(server, upgrade_request("").as_bytes());
-        let head = client.read_head();
-        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        let mut client = Self::over(TcpStream::connect(server.addr).expect("connect"));
+        client.upgrade();
         client
+    }
+
+    /// A raw client over a connected stream, before any request.
+    pub fn over(stream: TcpStream) -> Self {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// Sends a valid upgrade request; fails the test on anything but 101.
+    pub fn upgrade(&mut self) {
+        self.send_raw(upgrade_request("").as_bytes());
+        let head = self.read_head();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     }
 
     /// Connects and sends `bytes` as they are (a handshake, perhaps with frames behind it).
     pub fn connect_with(server: &ServerProcess, bytes: &[u8]) -> Self {
-        let stream = TcpStream::connect(server.addr).expect("connect");
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut client = Self {
-            stream,
-            buf: Vec::new(),
-        };
+        let mut client = Self::over(TcpStream::connect(server.addr).expect("connect"));
         client.send_raw(bytes);
         client
     }
@@ -414,8 +435,10 @@ impl RawClient {
     /// Reads the HTTP response head.
     pub fn read_head(&mut self) -> String {
         loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
+            let buf = &self.buf[self.start..];
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = buf[..end + 4].to_vec();
+                self.start += end + 4;
                 return String::from_utf8_lossy(&head).into_owned();
             }
             assert!(self.fill(), "connection closed before the response head");
@@ -425,29 +448,32 @@ impl RawClient {
     /// Reads one server frame: (first byte, payload). `None` at a clean end of stream.
     pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
-            if self.buf.len() >= 2 {
-                assert_eq!(self.buf[1] & 0x80, 0, "server frames must not be masked");
-                let (len, at) = match self.buf[1] & 0x7F {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    127 if self.buf.len() >= 10 => {
+            let buf = &self.buf[self.start..];
+            if buf.len() >= 2 {
+                assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
+                let (len, at) = match buf[1] & 0x7F {
+                    126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                    127 if buf.len() >= 10 => {
                         let mut be = [0u8; 8];
-                        be.copy_from_slice(&self.buf[2..10]);
+                        be.copy_from_slice(&buf[2..10]);
                         (u64::from_be_bytes(be) as usize, 10)
                     }
                     126 | 127 => (usize::MAX, 0),
                     short => (usize::from(short), 2),
                 };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let first = self.buf[0];
-                    let payload = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    return Some((first, payload));
+                if len != usize::MAX && buf.len() >= at + len {
+                    let frame = (buf[0], buf[at..at + len].to_vec());
+                    // Consumed bytes are dropped in bulk, so many small frames cost O(1) each.
+                    self.start += at + len;
+                    if self.start > 1 << 16 {
+                        self.buf.drain(..self.start);
+                        self.start = 0;
+                    }
+                    return Some(frame);
                 }
             }
             if !self.fill() {
-                assert!(self.buf.is_empty(), "stream ended inside a frame");
+                assert_eq!(self.start, self.buf.len(), "stream ended inside a frame");
                 return None;
             }
         }
@@ -502,7 +528,8 @@ impl RawClient {
 
     /// Asserts that nothing arrives within `wait`.
     pub fn expect_silence(&mut self, wait: Duration) {
-        assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
+        let unread = &self.buf[self.start..];
+        assert!(unread.is_empty(), "unread bytes: {unread:?}");
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let mut chunk = [0u8; 64];
         match self.stream.read(&mut chunk) {

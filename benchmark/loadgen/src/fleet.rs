@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use websocket_public_chat::frame::{self, OpCode, Role};
+use websocket_public_chat::websocket::frame::{self, OpCode, Role};
 
 /// Where to connect: a ws:// URL on a loopback address.
 #[derive(Clone, Debug)]

@@ -14,10 +14,15 @@ impl Room {
         self.members.len() - 1
     }
 
-    /// Removes the member at `index` by swapping the last one into its place.
+    /// Removes `key`, found at `index`, by swapping the last member into its place.
     ///
-    /// Returns the key that moved to `index`, whose stored index the caller must update.
-    pub fn leave(&mut self, index: usize) -> Option<usize> {
+    /// Returns the key that moved to `index`, whose stored index the caller
+    /// must update. A stale index (a bug) removes nothing rather than
+    /// another member; the engine's invariant check reports it.
+    pub fn leave(&mut self, key: usize, index: usize) -> Option<usize> {
+        if self.members.get(index) != Some(&key) {
+            return None;
+        }
         self.members.swap_remove(index);
         self.members.get(index).copied()
     }
@@ -48,12 +53,15 @@ mod tests {
         let a = room.join(10);
         let _b = room.join(11);
         let c = room.join(12);
-        assert_eq!(room.leave(a), Some(12));
+        assert_eq!(room.leave(10, a), Some(12));
         assert_eq!(room.members(), &[12, 11]);
-        // 12 now lives at index `a`; leaving the last slot moves nobody.
+        // 12 now lives at index `a`; a stale index removes nobody.
         assert_eq!(c, 2);
-        assert_eq!(room.leave(1), None);
-        assert_eq!(room.leave(a), None);
+        assert_eq!(room.leave(12, c), None);
+        assert_eq!(room.members(), &[12, 11]);
+        // Leaving the last slot moves nobody.
+        assert_eq!(room.leave(11, 1), None);
+        assert_eq!(room.leave(12, a), None);
         assert!(room.is_empty());
     }
 }

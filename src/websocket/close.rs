@@ -116,12 +116,17 @@ pub fn parse_payload(payload: &[u8]) -> Result<Option<CloseFrame<'_>>, ProtocolE
 
 /// A whole close frame as the server sends it.
 pub fn frame(code: u16, reason: &str) -> Vec<u8> {
-    crate::frame::server_frame(crate::frame::OpCode::Close, &[&payload(code, reason)])
+    crate::websocket::frame::server_frame(
+        crate::websocket::frame::OpCode::Close,
+        &[&payload(code, reason)],
+    )
 }
 
 /// The payload of a close frame: code, then the reason cut to fit 125 bytes.
 pub fn payload(code: u16, reason: &str) -> Vec<u8> {
-    let mut cut = reason.len().min(crate::frame::MAX_CONTROL_PAYLOAD - 2);
+    let mut cut = reason
+        .len()
+        .min(crate::websocket::frame::MAX_CONTROL_PAYLOAD - 2);
     while !reason.is_char_boundary(cut) {
         cut -= 1;
     }

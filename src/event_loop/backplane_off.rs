@@ -4,7 +4,7 @@
 
 use mio::Waker;
 
-use crate::stats::BackplaneStats;
+use crate::engine::BackplaneProbe;
 
 /// Never constructed in this build.
 pub enum Backplane {}
@@ -26,11 +26,7 @@ impl Backplane {
         match *self {}
     }
 
-    pub fn is_up(&self) -> bool {
-        match *self {}
-    }
-
-    pub fn stats(&self) -> BackplaneStats {
+    pub fn probe(&self) -> BackplaneProbe {
         match *self {}
     }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::frame::{self, OpCode};
+use crate::websocket::frame::{self, OpCode};
 
 /// The only room.
 pub const ROOM: &str = "public";
@@ -234,7 +234,7 @@ pub fn pong_frame(ts: Option<&RawValue>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Role, parse_header};
+    use crate::websocket::frame::{Role, parse_header};
 
     fn payload(frame: &[u8]) -> serde_json::Value {
         let (h, n) = parse_header(frame, Role::Client).unwrap().unwrap();

@@ -1,15 +1,14 @@
-//! One client connection: its socket, the phase it is in, and its queues.
+//! One client connection as the engine sees it: the phase it is in and its
+//! outbound queue. No socket: the driver keeps that, under the same key.
 //!
 //! Kept small, because an idle joined connection is this struct, its name
 //! and one timer entry: buffers are allocated only while bytes wait in them.
 
-use mio::net::TcpStream;
+use crate::chat::session::ChatState;
+use crate::engine::outbox::Outbox;
+use crate::websocket::message::MessageReader;
 
-use crate::chat::ChatState;
-use crate::message::MessageReader;
-use crate::outbox::Outbox;
-
-/// The phases of a connection, in order. Each has a timer deadline.
+/// The phases of a connection, in order. Each but the last two has a timer deadline.
 #[derive(Debug)]
 pub enum Phase {
     /// Reading the HTTP request head (deadline: `--handshake-timeout`).
@@ -19,47 +18,47 @@ pub enum Phase {
         reader: MessageReader,
         chat: ChatState,
     },
-    /// We sent a close frame; frames are read only to find the peer's close
-    /// (deadline: how long we wait for it).
+    /// We sent a close frame and wait for the peer's, still answering its
+    /// pings (deadline: how long we wait).
     Closing { reader: MessageReader },
-    /// Last output goes out, then the write side is shut; input is read and
-    /// discarded until the peer closes (deadline: linger).
+    /// The last output goes out, then the write side is shut; input is read
+    /// and discarded until the peer's FIN (deadline: linger).
     Draining { write_shut: bool },
+    /// The peer is gone or silent: one last flush, then the socket is closed.
+    Abandoned,
+    /// Out of the engine: the driver closes the socket when it takes the
+    /// `Close` action, and only then is the key free for another connection.
+    Closed,
 }
 
 /// A client connection.
 #[derive(Debug)]
 pub struct Connection {
-    pub stream: TcpStream,
-    /// Tells this connection from later ones that reuse its slab key.
+    /// Tells this connection from later ones that reuse its key.
     pub id: u32,
-    pub phase: Phase,
-    pub outbox: Outbox,
-    /// Bytes of an incomplete frame, offered again in front of the next read.
-    pub unread: Option<Box<[u8]>>,
-    /// When we last heard from the peer (ms).
-    pub last_heard: u64,
-    /// Deadline of this connection's live timer entry; entries with another deadline are stale.
-    pub timer_at: u64,
     /// In this turn's flush list.
     pub dirty: bool,
     /// Reading stopped until our replies to this peer drain (backpressure).
     pub read_paused: bool,
+    pub phase: Phase,
+    pub outbox: Outbox,
+    /// When we last heard from the peer (ms).
+    pub last_heard: u64,
+    /// Deadline of this connection's live timer entry; entries with another deadline are stale.
+    pub timer_at: u64,
 }
 
 impl Connection {
     /// A connection just accepted at `now` (ms), waiting for its request head.
-    pub fn new(stream: TcpStream, id: u32, now: u64) -> Self {
+    pub fn new(id: u32, now: u64) -> Self {
         Self {
-            stream,
             id,
-            phase: Phase::Handshaking { head: Vec::new() },
-            outbox: Outbox::default(),
-            unread: None,
-            last_heard: now,
-            timer_at: 0,
             dirty: false,
             read_paused: false,
+            phase: Phase::Handshaking { head: Vec::new() },
+            outbox: Outbox::default(),
+            last_heard: now,
+            timer_at: 0,
         }
     }
 

@@ -1,5 +1,5 @@
-//! The HTTP/1.1 request that opens every connection: routing, the RFC 6455
-//! §4.2.1 upgrade checks, and the responses we write.
+//! The HTTP/1.1 request that opens every connection: routing and the
+//! RFC 6455 §4.2.1 upgrade checks.
 //!
 //! Pure code: bytes in, `Ok(None)` while the request head is incomplete,
 //! else what it asks for and how many bytes the head took (anything after
@@ -63,24 +63,6 @@ impl Reject {
             Self::Unavailable => (503, "Service Unavailable"),
             Self::TooManyFromAddress => (429, "Too Many Requests"),
         }
-    }
-
-    /// The complete response, `Connection: close`.
-    pub fn response(self) -> Vec<u8> {
-        let (code, reason) = self.status();
-        let extra = match self {
-            Self::MethodNotAllowed => "Allow: GET\r\n",
-            Self::UpgradeRequired => "Sec-WebSocket-Version: 13\r\n",
-            Self::Unavailable | Self::TooManyFromAddress => "Retry-After: 1\r\n",
-            _ => "",
-        };
-        response(
-            code,
-            reason,
-            "text/plain; charset=utf-8",
-            extra,
-            format!("{code} {reason}\n").as_bytes(),
-        )
     }
 }
 
@@ -178,44 +160,6 @@ pub fn accept_key(key: &[u8]) -> String {
     sha.update(key);
     sha.update(ACCEPT_GUID);
     BASE64.encode(sha.finalize())
-}
-
-/// The `101 Switching Protocols` answer to an upgrade.
-pub fn switching_protocols(accept: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-/// A `200 OK` with a body, `Connection: close`.
-pub fn ok(content_type: &str, body: &[u8]) -> Vec<u8> {
-    response(200, "OK", content_type, "Cache-Control: no-store\r\n", body)
-}
-
-/// The browser page's response. The policy lets the page run only its own
-/// inline script and style and connect only to this server, so no injected
-/// markup could load or send anything elsewhere.
-pub fn page(html: &str) -> Vec<u8> {
-    response(
-        200,
-        "OK",
-        "text/html; charset=utf-8",
-        "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
-         Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; \
-         style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\n",
-        html.as_bytes(),
-    )
-}
-
-fn response(code: u16, reason: &str, content_type: &str, extra: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
 }
 
 #[cfg(test)]
@@ -348,15 +292,5 @@ mod tests {
         assert_eq!(parse(health, &[]), Ok(Some((Route::Health, health.len()))));
         let stats = b"GET /stats?pretty HTTP/1.0\r\n\r\n";
         assert_eq!(parse(stats, &[]), Ok(Some((Route::Stats, stats.len()))));
-    }
-
-    #[test]
-    fn responses_are_well_formed() {
-        let r = String::from_utf8(Reject::UpgradeRequired.response()).unwrap();
-        assert!(r.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
-        assert!(r.contains("\r\nSec-WebSocket-Version: 13\r\n"));
-        let body = "426 Upgrade Required\n";
-        assert!(r.contains(&format!("Content-Length: {}\r\n", body.len())));
-        assert!(r.ends_with(&format!("\r\n\r\n{body}")));
     }
 }

@@ -3,7 +3,7 @@
 //! Pure code over byte slices: a header parse returns `Ok(None)` while the
 //! header is incomplete, so callers can feed bytes as they arrive.
 
-use crate::close::ProtocolError;
+use crate::websocket::close::ProtocolError;
 
 /// Frame opcodes (RFC 6455 §5.2); the reserved ones are a protocol error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

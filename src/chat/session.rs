@@ -3,8 +3,8 @@
 //! Pure decisions over the connection's chat state and the time passed in;
 //! the event loop carries them out (room membership, fan-out, closing).
 
-use crate::protocol::{self, Ignored, Request};
-use crate::rate_limit::TokenBucket;
+use crate::chat::protocol::{self, Ignored, Request};
+use crate::chat::rate_limit::TokenBucket;
 
 /// A joined connection's identity in the room.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::handshake::{MAX_HEAD, accept_key, has_token};
+use crate::http::request::{MAX_HEAD, accept_key, has_token};
 
 /// Where to connect, from a `ws://host[:port][/path]` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,21 +227,21 @@ mod tests {
         let mut req = httparse::Request::new(&mut headers);
         assert!(req.parse(request.as_bytes()).unwrap().is_complete());
         // Our own server's parser accepts it, and its answer passes our check.
-        let accept = match crate::handshake::parse(request.as_bytes(), &[]) {
-            Ok(Some((crate::handshake::Route::Upgrade { accept }, _))) => accept,
+        let accept = match crate::http::request::parse(request.as_bytes(), &[]) {
+            Ok(Some((crate::http::Route::Upgrade { accept }, _))) => accept,
             other => panic!("{other:?}"),
         };
-        let answer = crate::handshake::switching_protocols(&accept);
+        let answer = crate::http::response::switching_protocols(&accept);
         assert_eq!(check_response(&answer, key), Ok(Some(answer.len())));
         for cut in 0..answer.len() {
             assert_eq!(check_response(&answer[..cut], key), Ok(None));
         }
-        let wrong = crate::handshake::switching_protocols("AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        let wrong = crate::http::response::switching_protocols("AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
         assert_eq!(
             check_response(&wrong, key),
             Err(Refusal::Invalid("wrong Sec-WebSocket-Accept"))
         );
-        let refused = crate::handshake::Reject::NotFound.response();
+        let refused = crate::http::Reject::NotFound.response();
         assert_eq!(
             check_response(&refused, key),
             Err(Refusal::Status(404, "Not Found".into()))

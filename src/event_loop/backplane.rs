@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 
-use crate::frame::{self, Role};
-use crate::protocol;
-use crate::stats::BackplaneStats;
+use crate::chat::protocol;
+use crate::engine::BackplaneProbe;
+use crate::engine::stats::BackplaneStats;
+use crate::websocket::frame::{self, Role};
 
 /// Messages waiting in each direction before more are dropped.
 const QUEUE: usize = 4096;
@@ -113,24 +114,29 @@ impl Backplane {
         }
     }
 
+    /// The link state and counters, for the engine's `/health` and `/stats`.
+    pub fn probe(&self) -> BackplaneProbe {
+        let (shared, id) = (Arc::clone(&self.shared), self.id);
+        Box::new(move || shared.stats(id))
+    }
+}
+
+impl Shared {
     /// Whether both threads are connected.
-    pub fn is_up(&self) -> bool {
-        self.shared.publisher_up.load(Ordering::Relaxed)
-            && self.shared.subscriber_up.load(Ordering::Relaxed)
+    fn is_up(&self) -> bool {
+        self.publisher_up.load(Ordering::Relaxed) && self.subscriber_up.load(Ordering::Relaxed)
     }
 
-    /// The link state and counters for `/stats`.
-    pub fn stats(&self) -> BackplaneStats {
+    fn stats(&self, id: u64) -> BackplaneStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let s = &self.shared;
         BackplaneStats {
             state: if self.is_up() { "up" } else { "down" },
-            instance_id: format!("{:016x}", self.id),
-            published: get(&s.published),
-            received: get(&s.received),
-            lost_outgoing: get(&s.lost_outgoing),
-            lost_incoming: get(&s.lost_incoming),
-            malformed: get(&s.malformed),
+            instance_id: format!("{id:016x}"),
+            published: get(&self.published),
+            received: get(&self.received),
+            lost_outgoing: get(&self.lost_outgoing),
+            lost_incoming: get(&self.lost_incoming),
+            malformed: get(&self.malformed),
         }
     }
 }

@@ -1,16 +1,22 @@
 //! Bytes in, WebSocket messages out: frames, fragmentation, interleaved
 //! control frames, UTF-8 and the message size limit (RFC 6455 §5.4-§5.6).
 //!
-//! The reader is fed whatever bytes have arrived and says how many it used.
-//! Bytes it did not use (a partial header or a partial control frame, at most
-//! 14 + 125 bytes) must be offered again with more bytes behind them.
-//! A whole unfragmented message in the input is returned in place, unmasked,
-//! without a copy; only a message that spans reads or frames is assembled in
-//! a buffer, which is allocated then and freed when the message is delivered.
+//! The reader is fed whatever bytes have arrived and takes all of them. A
+//! whole unfragmented message in the input is returned in place, unmasked,
+//! without a copy. What cannot be used yet stays in the reader: the payload
+//! of a message that spans reads or frames is assembled in a buffer
+//! allocated then and freed when the message is delivered, and the start of
+//! a frame header or of a control frame (at most `MAX_HELD` bytes) is held
+//! until the rest arrives. Nothing else is kept, so what a reader holds is
+//! bounded by the message limit plus `MAX_HELD`.
 
-use crate::close::{self, CloseFrame, ProtocolError};
-use crate::frame::{self, OpCode, Role};
-use crate::utf8::Utf8Validator;
+use crate::websocket::close::{self, CloseFrame, ProtocolError};
+use crate::websocket::frame::{self, Header, MAX_CONTROL_PAYLOAD, OpCode, Role};
+use crate::websocket::utf8::Utf8Validator;
+
+/// Most bytes a reader holds between reads: a whole control frame (the
+/// longest client header, 14 bytes, and 125 bytes of payload).
+pub const MAX_HELD: usize = 14 + MAX_CONTROL_PAYLOAD;
 
 /// One thing a peer said.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,11 +41,34 @@ pub struct Limits {
     pub max_message: usize,
 }
 
-/// The incremental reader of one connection.
+/// The incremental reader of one connection: one pointer while idle.
 #[derive(Debug, Default)]
 pub struct MessageReader {
-    /// State of a message that spans reads or frames; `None` in the common case.
-    partial: Option<Box<Partial>>,
+    /// Allocated only while something is kept between reads.
+    state: Option<Box<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// A message that spans reads or frames.
+    partial: Option<Partial>,
+    /// The start of a frame whose header, or whose control payload, is incomplete.
+    held: Held,
+}
+
+#[derive(Debug)]
+struct Held {
+    len: usize,
+    bytes: [u8; MAX_HELD],
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; MAX_HELD],
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -67,57 +96,48 @@ pub type Step<'a> = (usize, Option<Event<'a>>);
 impl MessageReader {
     /// Consumes bytes from the front of `input` (unmasking them in place).
     ///
-    /// Returns `(0, None)` when `input` holds no complete unit of work; call
-    /// again with more bytes appended. Call repeatedly on the rest of the
-    /// input until it returns `(0, None)` or the input is used up.
+    /// Uses at least one byte of a non-empty input, or completes an event;
+    /// call again on the rest until the input is used up. Bytes that do not
+    /// complete anything yet are kept, so the next call continues where this
+    /// one stopped.
     pub fn read<'a>(
         &'a mut self,
         input: &'a mut [u8],
         limits: Limits,
     ) -> Result<Step<'a>, ProtocolError> {
-        if self.partial.as_ref().is_some_and(|p| p.delivered) {
-            self.partial = None;
+        if let Some(state) = &mut self.state
+            && state.partial.as_ref().is_some_and(|p| p.delivered)
+        {
+            state.partial = None;
         }
-        if self.partial.as_ref().is_some_and(|p| p.frame.is_some()) {
+        if self.state.as_ref().is_some_and(|s| s.held.len > 0) {
+            return self.read_held(input, limits);
+        }
+        if self.streaming() {
             return self.stream_payload(input);
         }
-        let Some((header, header_len)) = frame::parse_header(input, limits.role)? else {
+        if self.state.as_ref().is_some_and(|s| s.partial.is_none()) {
+            self.state = None;
+        }
+        if input.is_empty() {
             return Ok((0, None));
+        }
+        let Some((header, header_len)) = frame::parse_header(input, limits.role)? else {
+            return self.hold(input);
         };
-        // Fits in usize: control frames are at most 125 bytes, data frames are checked below.
         if header.opcode.is_control() {
+            // Fits in usize: control frames are at most 125 bytes.
             let end = header_len + header.payload_len as usize;
             if input.len() < end {
-                return Ok((0, None));
+                return self.hold(input);
             }
-            let payload = &mut input[header_len..end];
-            if let Some(mask) = header.mask {
-                frame::apply_mask(payload, mask, 0);
-            }
-            let event = match header.opcode {
-                OpCode::Ping => Event::Ping(payload),
-                OpCode::Pong => Event::Pong(payload),
-                _ => Event::Close(close::parse_payload(payload)?),
-            };
+            let event = control_event(header, &mut input[header_len..end])?;
             return Ok((end, Some(event)));
         }
-
-        let so_far = match (&self.partial, header.opcode) {
-            (None, OpCode::Continuation) => return Err(ProtocolError::UnexpectedContinuation),
-            (Some(_), OpCode::Text | OpCode::Binary) => {
-                return Err(ProtocolError::ExpectedContinuation);
-            }
-            (Some(p), _) => p.data.len(),
-            (None, _) => 0,
-        };
-        // The limit is decided from the header, before any payload is buffered.
-        if header.payload_len > limits.max_message.saturating_sub(so_far) as u64 {
-            return Err(ProtocolError::MessageTooBig);
-        }
+        self.begin_data_frame(header, limits)?;
         let len = header.payload_len as usize;
-
         // Fast path: a whole single-frame message is here; hand it out in place.
-        if header.fin && self.partial.is_none() && input.len() - header_len >= len {
+        if header.fin && self.state.is_none() && input.len() - header_len >= len {
             let end = header_len + len;
             let payload = &mut input[header_len..end];
             if let Some(mask) = header.mask {
@@ -130,15 +150,114 @@ impl MessageReader {
             };
             return Ok((end, Some(event)));
         }
+        self.start_frame(header);
+        // Continue in the same call, so a frame with an empty payload completes now.
+        let (used, event) = self.stream_payload(&mut input[header_len..])?;
+        Ok((header_len + used, event))
+    }
 
-        let partial = self.partial.get_or_insert_with(|| {
-            Box::new(Partial {
-                text: header.opcode == OpCode::Text,
-                data: Vec::new(),
-                utf8: Utf8Validator::default(),
-                frame: None,
-                delivered: false,
-            })
+    /// Bytes this reader keeps between reads (held frame start and assembly buffer).
+    pub fn buffered(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| {
+            std::mem::size_of::<State>() + s.partial.as_ref().map_or(0, |p| p.data.capacity())
+        })
+    }
+
+    fn streaming(&self) -> bool {
+        self.state
+            .as_ref()
+            .and_then(|s| s.partial.as_ref())
+            .is_some_and(|p| p.frame.is_some())
+    }
+
+    /// Keeps all of `input`, the start of a frame too short to parse.
+    fn hold<'a>(&'a mut self, input: &[u8]) -> Result<Step<'a>, ProtocolError> {
+        // Shorter than a header, or than a control frame: at most MAX_HELD bytes.
+        let held = &mut self.state.get_or_insert_with(Box::default).held;
+        held.bytes[..input.len()].copy_from_slice(input);
+        held.len = input.len();
+        Ok((input.len(), None))
+    }
+
+    /// Continues the frame whose start is held, taking bytes from `input`.
+    fn read_held<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        limits: Limits,
+    ) -> Result<Step<'a>, ProtocolError> {
+        let Some(state) = self.state.as_deref_mut() else {
+            return Ok((0, None));
+        };
+        let held = &mut state.held;
+        let old = held.len;
+        let take = input.len().min(MAX_HELD - old);
+        held.bytes[old..old + take].copy_from_slice(&input[..take]);
+        let avail = old + take;
+        let Some((header, header_len)) = frame::parse_header(&held.bytes[..avail], limits.role)?
+        else {
+            held.len = avail;
+            return Ok((take, None));
+        };
+        let control_end = header_len + header.payload_len as usize;
+        if header.opcode.is_control() && avail < control_end {
+            held.len = avail;
+            return Ok((take, None));
+        }
+        held.len = 0;
+        if header.opcode.is_control() {
+            return self.held_control(header, header_len..control_end, old);
+        }
+        // A data frame: its header was incomplete before, so it ends in `input`.
+        let used = header_len - old;
+        self.begin_data_frame(header, limits)?;
+        self.start_frame(header);
+        let (more, event) = self.stream_payload(&mut input[used..])?;
+        Ok((used + more, event))
+    }
+
+    /// The control frame now complete in the held bytes (its payload at `payload`),
+    /// of which the first `old` were held before this read.
+    fn held_control(
+        &mut self,
+        header: Header,
+        payload: std::ops::Range<usize>,
+        old: usize,
+    ) -> Result<Step<'_>, ProtocolError> {
+        let Some(state) = self.state.as_deref_mut() else {
+            return Ok((0, None));
+        };
+        let end = payload.end;
+        let event = control_event(header, &mut state.held.bytes[payload])?;
+        Ok((end - old, Some(event)))
+    }
+
+    /// Checks a data frame against the message in progress and the size limit,
+    /// which is decided from the header, before any payload is buffered.
+    fn begin_data_frame(&mut self, header: Header, limits: Limits) -> Result<(), ProtocolError> {
+        let partial = self.state.as_ref().and_then(|s| s.partial.as_ref());
+        let so_far = match (partial, header.opcode) {
+            (None, OpCode::Continuation) => return Err(ProtocolError::UnexpectedContinuation),
+            (Some(_), OpCode::Text | OpCode::Binary) => {
+                return Err(ProtocolError::ExpectedContinuation);
+            }
+            (Some(p), _) => p.data.len(),
+            (None, _) => 0,
+        };
+        if header.payload_len > limits.max_message.saturating_sub(so_far) as u64 {
+            return Err(ProtocolError::MessageTooBig);
+        }
+        Ok(())
+    }
+
+    /// Sets up the assembly of a data frame's payload.
+    fn start_frame(&mut self, header: Header) {
+        let state = self.state.get_or_insert_with(Box::default);
+        let partial = state.partial.get_or_insert_with(|| Partial {
+            text: header.opcode == OpCode::Text,
+            data: Vec::new(),
+            utf8: Utf8Validator::default(),
+            frame: None,
+            delivered: false,
         });
         partial.frame = Some(FrameProgress {
             remaining: header.payload_len,
@@ -146,14 +265,11 @@ impl MessageReader {
             mask_offset: 0,
             fin: header.fin,
         });
-        // Continue in the same call, so a frame with an empty payload completes now.
-        let (used, event) = self.stream_payload(&mut input[header_len..])?;
-        Ok((header_len + used, event))
     }
 
     /// Moves payload bytes of the current data frame into the message buffer.
     fn stream_payload<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Step<'a>, ProtocolError> {
-        let Some(partial) = self.partial.as_deref_mut() else {
+        let Some(partial) = self.state.as_deref_mut().and_then(|s| s.partial.as_mut()) else {
             return Ok((0, None));
         };
         let Some(progress) = partial.frame.as_mut() else {
@@ -196,10 +312,22 @@ impl MessageReader {
     }
 }
 
+/// Unmasks a complete control frame's payload and says what it is.
+fn control_event(header: Header, payload: &mut [u8]) -> Result<Event<'_>, ProtocolError> {
+    if let Some(mask) = header.mask {
+        frame::apply_mask(payload, mask, 0);
+    }
+    Ok(match header.opcode {
+        OpCode::Ping => Event::Ping(payload),
+        OpCode::Pong => Event::Pong(payload),
+        _ => Event::Close(close::parse_payload(payload)?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::write_header;
+    use crate::websocket::frame::write_header;
 
     const MASK: [u8; 4] = [0xA1, 0xB2, 0xC3, 0xD4];
 
@@ -232,8 +360,6 @@ mod tests {
         }
     }
 
-    /// Feeds `wire` in chunks of the given sizes the way the server does:
-    /// unused bytes are kept and offered again in front of the next chunk.
     const LIMITS: Limits = Limits {
         role: Role::Server,
         max_message: 1 << 20,
@@ -246,6 +372,8 @@ mod tests {
         }
     }
 
+    /// Feeds `wire` in chunks of the given size the way the server does: each
+    /// chunk once, the reader keeping whatever it cannot use yet.
     fn feed(
         reader: &mut MessageReader,
         limits: Limits,
@@ -253,21 +381,19 @@ mod tests {
         chunk: usize,
     ) -> Result<Vec<Got>, ProtocolError> {
         let mut got = Vec::new();
-        let mut pending: Vec<u8> = Vec::new();
         for piece in wire.chunks(chunk.max(1)) {
-            pending.extend_from_slice(piece);
+            let mut piece = piece.to_vec();
             let mut pos = 0;
-            loop {
-                let (used, event) = reader.read(&mut pending[pos..], limits)?;
+            while pos < piece.len() {
+                let (used, event) = reader.read(&mut piece[pos..], limits)?;
                 pos += used;
-                if let Some(e) = event {
-                    got.push(own(e));
-                } else if used == 0 || pos == pending.len() {
-                    break;
+                match event {
+                    Some(e) => got.push(own(e)),
+                    None => assert!(used > 0, "no progress"),
                 }
             }
-            pending.drain(..pos);
-            assert!(pending.len() <= 14 + 125, "kept {} bytes", pending.len());
+            let bound = std::mem::size_of::<State>() + 2 * limits.max_message;
+            assert!(reader.buffered() <= bound, "kept {}", reader.buffered());
         }
         Ok(got)
     }
@@ -422,6 +548,6 @@ mod tests {
         );
         let mut empty = [];
         assert_eq!(r.read(&mut empty, LIMITS).unwrap(), (0, None));
-        assert!(r.partial.is_none());
+        assert!(r.state.is_none());
     }
 }

@@ -4,9 +4,8 @@
 
 use serde::Serialize;
 
-use crate::close::{self, ProtocolError};
-use crate::handshake::Reject;
-use crate::protocol::Ignored;
+use crate::chat::protocol::Ignored;
+use crate::http::Reject;
 
 /// Everything the server counts since it started.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -35,8 +34,13 @@ pub struct Counters {
     pub closed_message_too_big: u64,
     pub closed_by_client: u64,
     pub closed_by_leave: u64,
+    pub closed_by_shutdown: u64,
     pub dropped_without_close: u64,
+    /// Our close frame was not answered within 2 s.
     pub close_timeouts: u64,
+    /// A drained connection (after an HTTP answer or a protocol error) that
+    /// never sent its FIN within 2 s.
+    pub linger_timeouts: u64,
     pub handshake_timeouts: u64,
     pub keepalive_timeouts: u64,
     pub http_page: u64,
@@ -94,15 +98,6 @@ impl Counters {
             Ignored::InvalidName => &mut self.ignored_invalid_name,
             Ignored::NotJoined => &mut self.ignored_not_joined,
             Ignored::AlreadyJoined => &mut self.ignored_already_joined,
-        } += 1;
-    }
-
-    /// Counts a connection failed for a protocol error, by the close code it got.
-    pub fn protocol_error(&mut self, error: ProtocolError) {
-        *match error.close_code() {
-            close::INVALID_PAYLOAD => &mut self.closed_invalid_utf8,
-            close::MESSAGE_TOO_BIG => &mut self.closed_message_too_big,
-            _ => &mut self.closed_protocol_error,
         } += 1;
     }
 
@@ -231,7 +226,7 @@ mod tests {
     fn json_has_live_figures_and_counters() {
         let mut c = Counters::default();
         c.ignored(Ignored::Malformed);
-        c.protocol_error(ProtocolError::InvalidUtf8);
+        c.closed_invalid_utf8 += 1;
         let v: serde_json::Value = serde_json::from_slice(&c.to_json(3, 2, 1.5, None)).unwrap();
         assert_eq!(v["active_connections"], 3);
         assert_eq!(v["joined"], 2);

@@ -1,0 +1,113 @@
+//! Why the server closes a connection. The one place where a cause meets its
+//! close code, its reason, its counter and what the connection does next.
+
+use crate::engine::stats::Counters;
+use crate::websocket::close::{self, ProtocolError};
+
+/// A close the server starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The client sent `leave`.
+    Leave,
+    /// A relayed chat found the client's queue over `--max-backlog`.
+    SlowConsumer,
+    /// `--duration` ended, or SIGINT/SIGTERM.
+    Shutdown,
+    /// Nothing heard from the client for `--pong-timeout`.
+    KeepaliveTimeout,
+    /// The client broke RFC 6455 (RFC 6455 §7.1.7: fail the connection).
+    Protocol(ProtocolError),
+}
+
+/// What a connection does once its close frame is queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Wait (bounded) for the peer's close frame, still answering its pings.
+    AwaitPeerClose,
+    /// Send what is queued, shut the write side, discard input until the peer's FIN.
+    Drain,
+    /// The peer is silent: one last flush, then the connection is closed.
+    Abandon,
+}
+
+impl CloseCause {
+    /// The close code sent.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Leave => close::NORMAL,
+            Self::SlowConsumer => close::POLICY_VIOLATION,
+            Self::Shutdown | Self::KeepaliveTimeout => close::GOING_AWAY,
+            Self::Protocol(error) => error.close_code(),
+        }
+    }
+
+    /// The reason sent with the code.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Leave => "bye",
+            Self::SlowConsumer => "slow consumer",
+            Self::Shutdown => "server shutting down",
+            Self::KeepaliveTimeout => "keepalive timeout",
+            Self::Protocol(error) => error.reason(),
+        }
+    }
+
+    /// What happens after the close frame.
+    pub fn after(self) -> After {
+        match self {
+            Self::Leave | Self::SlowConsumer | Self::Shutdown => After::AwaitPeerClose,
+            Self::KeepaliveTimeout => After::Abandon,
+            Self::Protocol(_) => After::Drain,
+        }
+    }
+
+    /// The counter this cause adds to.
+    pub fn counter(self, stats: &mut Counters) -> &mut u64 {
+        match self {
+            Self::Leave => &mut stats.closed_by_leave,
+            Self::SlowConsumer => &mut stats.slow_consumer_closes,
+            Self::Shutdown => &mut stats.closed_by_shutdown,
+            Self::KeepaliveTimeout => &mut stats.keepalive_timeouts,
+            Self::Protocol(error) => match error.close_code() {
+                close::INVALID_PAYLOAD => &mut stats.closed_invalid_utf8,
+                close::MESSAGE_TOO_BIG => &mut stats.closed_message_too_big,
+                _ => &mut stats.closed_protocol_error,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_has_its_code_and_counter() {
+        let causes = [
+            (CloseCause::Leave, 1000),
+            (CloseCause::SlowConsumer, 1008),
+            (CloseCause::Shutdown, 1001),
+            (CloseCause::KeepaliveTimeout, 1001),
+            (CloseCause::Protocol(ProtocolError::Unmasked), 1002),
+            (CloseCause::Protocol(ProtocolError::InvalidUtf8), 1007),
+            (CloseCause::Protocol(ProtocolError::MessageTooBig), 1009),
+        ];
+        let mut stats = Counters::default();
+        for (cause, code) in causes {
+            assert_eq!(cause.code(), code, "{cause:?}");
+            *cause.counter(&mut stats) += 1;
+        }
+        assert_eq!(
+            (
+                stats.closed_by_leave,
+                stats.slow_consumer_closes,
+                stats.closed_by_shutdown,
+                stats.keepalive_timeouts,
+                stats.closed_protocol_error,
+                stats.closed_invalid_utf8,
+                stats.closed_message_too_big
+            ),
+            (1, 1, 1, 1, 1, 1, 1)
+        );
+    }
+}

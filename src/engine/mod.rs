@@ -1,0 +1,1033 @@
+//! The engine: every decision the server makes, as a sans-IO state machine.
+//!
+//! The driver (`event_loop`, or the simulation in `tests/sim`) owns the
+//! sockets and the clock. It tells the engine what happened, each time with
+//! an explicit `now` in milliseconds: a connection accepted (`handle_accept`),
+//! bytes received (`handle_bytes`), the peer's FIN (`handle_eof`), bytes
+//! written (`handle_written`, `handle_flushed`), time passing
+//! (`handle_timeout`), a shutdown signal, a chat from another instance. It
+//! takes back what to do: the bytes to write per connection (`transmit`, as
+//! `IoSlice`s for one `writev`, for each key `next_dirty` names), `Action`s
+//! (shut a write side, close a socket, resume reading, stop or resume
+//! accepting, publish a chat), how much to read (`read_limit`) and when to
+//! call again (`next_deadline`). No sockets, no clock reads, no threads.
+//!
+//! Connections are kept in a slab; the driver keeps its socket under the
+//! same key. A key is freed only when the driver takes its `Close` action,
+//! so it cannot be reused while the driver still holds the old socket.
+
+pub mod close_cause;
+pub mod connection;
+pub mod ip_limit;
+pub mod outbox;
+pub mod room;
+pub mod stats;
+pub mod timer_wheel;
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use slab::Slab;
+
+use crate::chat::protocol;
+use crate::chat::session::{ChatState, Member, Outcome};
+use crate::config::Config;
+use crate::http::{self, MAX_HEAD, Reject, Route, response};
+use crate::websocket::close;
+use crate::websocket::frame::{self, OpCode, Role};
+use crate::websocket::message::{Event, Limits, MessageReader};
+use close_cause::{After, CloseCause};
+use connection::{Connection, Phase};
+use ip_limit::IpLimit;
+use outbox::FRAME_COST;
+use room::Room;
+use stats::{BackplaneStats, Counters};
+use timer_wheel::TimerWheel;
+
+/// Largest read the driver is asked to make (its read buffer's size).
+pub const READ_BUF: usize = 64 * 1024;
+/// Smallest read offered to a connection close to its backlog limit.
+const MIN_READ: usize = 512;
+/// The most one received byte can add to its sender's queue in replies:
+/// an empty echoed frame is 6 bytes in and 2 + `FRAME_COST` charged out. (In
+/// chat mode it is under 4: the shortest JSON ping, 21 bytes, gets an 81-byte
+/// pong; pongs to ping frames replace each other.) Reads are sized by it, so
+/// one read cannot push a queue far past `--max-backlog`.
+const REPLY_COST_PER_BYTE: usize = 11;
+/// How long we wait for the peer's close frame after sending ours.
+const CLOSE_WAIT_MS: u64 = 2_000;
+/// How long a draining connection may wait for the peer's FIN.
+const LINGER_MS: u64 = 2_000;
+/// Pause before accepting again when the process is out of file descriptors.
+const ACCEPT_PAUSE_MS: u64 = 100;
+/// How long shutdown waits for clients to answer our close frames.
+const SHUTDOWN_GRACE_MS: u64 = 2_000;
+/// Least time between two presence messages.
+const PRESENCE_INTERVAL_MS: u64 = 500;
+/// Timer wheel: 512 slots of 100 ms, 51.2 s per turn.
+const WHEEL_SLOTS: usize = 512;
+const WHEEL_TICK_MS: u64 = 100;
+/// The browser page served at `/`: HTML, CSS and script in one file, built in.
+const PAGE: &str = include_str!("../http/page.html");
+
+/// Something the driver must do, taken with `poll_action`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Shut the write side of this connection's socket: a FIN after the last byte.
+    ShutdownWrite(usize),
+    /// Close this connection's socket. The key may be reused from now on.
+    Close(usize),
+    /// Read from this connection again (reading was paused by backpressure).
+    ResumeReading(usize),
+    /// Close the listener: shutdown has begun and new clients are refused.
+    StopListening,
+    /// Accept again: the pause after running out of descriptors is over.
+    ResumeAccepting,
+    /// Publish this chat frame, accepted here, to the other instances.
+    Publish(Rc<[u8]>),
+}
+
+/// Reports the Redis backplane's state for `/health` and `/stats`.
+pub type BackplaneProbe = Box<dyn Fn() -> BackplaneStats>;
+
+/// The whole server's state, without I/O.
+pub struct Engine {
+    config: Config,
+    max_conns: usize,
+    /// Chats accepted here are handed out as `Action::Publish`.
+    publish: bool,
+    conns: Slab<Connection>,
+    next_id: u32,
+    /// `Some` when `--max-conns-per-ip` is set.
+    ip_limit: Option<IpLimit>,
+    room: Room,
+    /// Members that asked for the online count (`"presence":true` in their join).
+    watchers: Room,
+    /// The room's size changed since the last presence message.
+    presence_pending: bool,
+    /// When presence messages last went out.
+    presence_sent_at: u64,
+    /// The browser page's whole HTTP response, built once.
+    page: Rc<[u8]>,
+    /// The keepalive ping frame, shared like a relayed chat.
+    ping: Rc<[u8]>,
+    /// Entries are (key, connection id); see `expire_timers` for stale ones.
+    timers: TimerWheel<(u32, u32)>,
+    /// Timers fired this turn (kept to reuse the allocation).
+    fired: Vec<(u64, (u32, u32))>,
+    /// Connections with output queued, flushed once at the end of the turn.
+    dirty: Vec<usize>,
+    /// Relay recipients over the backlog limit, closed after the fan-out.
+    slow: Vec<usize>,
+    actions: VecDeque<Action>,
+    accept_paused_until: Option<u64>,
+    state: RunState,
+    backplane: Option<BackplaneProbe>,
+    stats: Counters,
+    started: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    Running,
+    ShuttingDown { until: u64 },
+}
+
+/// What one event from an open or closing connection means. Owned, so the
+/// borrow of the input ends before it is carried out.
+enum Reaction {
+    Nothing,
+    /// Send this frame to the connection itself.
+    Reply(Vec<u8>),
+    /// Answer a ping with this pong (one waits at a time).
+    Pong(Vec<u8>),
+    Chat(Outcome),
+    /// A binary message in chat mode.
+    IgnoredBinary,
+    /// The peer's close frame: answer it (unless we sent ours first) and finish.
+    PeerClosed {
+        reply: Option<Vec<u8>>,
+    },
+}
+
+impl Engine {
+    /// An engine for `config`, started at `now`. `max_conns` is the limit in
+    /// force; `publish` hands accepted chats out for the backplane.
+    pub fn new(config: Config, max_conns: usize, publish: bool, now: u64) -> Self {
+        let ip_limit = (config.max_conns_per_ip > 0).then(|| IpLimit::new(config.max_conns_per_ip));
+        Self {
+            config,
+            max_conns,
+            publish,
+            conns: Slab::new(),
+            next_id: 0,
+            ip_limit,
+            room: Room::default(),
+            watchers: Room::default(),
+            presence_pending: false,
+            presence_sent_at: 0,
+            page: response::page(PAGE).into(),
+            ping: frame::server_frame(OpCode::Ping, &[]).into(),
+            timers: TimerWheel::new(WHEEL_SLOTS, WHEEL_TICK_MS, now),
+            fired: Vec::new(),
+            dirty: Vec::new(),
+            slow: Vec::new(),
+            actions: VecDeque::new(),
+            accept_paused_until: None,
+            state: RunState::Running,
+            backplane: None,
+            stats: Counters::default(),
+            started: now,
+        }
+    }
+
+    /// Gives `/health` and `/stats` the Redis backplane's state.
+    pub fn set_backplane_probe(&mut self, probe: BackplaneProbe) {
+        self.backplane = Some(probe);
+    }
+
+    // ---- Accepting -------------------------------------------------------
+
+    /// Whether the driver should accept connections now.
+    pub fn accepting(&self) -> bool {
+        self.state == RunState::Running && self.accept_paused_until.is_none()
+    }
+
+    /// A connection from `peer` was accepted; returns its key. Over
+    /// `--max-conns` or `--max-conns-per-ip` it is answered with a refusal.
+    pub fn handle_accept(&mut self, peer: IpAddr, now: u64) -> usize {
+        let key = self.conns.insert(Connection::new(self.next_id, now));
+        self.next_id = self.next_id.wrapping_add(1);
+        self.stats.connections_total += 1;
+        self.stats.peak_connections = self.stats.peak_connections.max(self.conns.len() as u64);
+        self.set_timer(key, now + self.config.handshake_timeout_ms);
+        if self.conns.len() > self.max_conns {
+            self.reject(key, Reject::Unavailable, now);
+        } else if let Some(limit) = &mut self.ip_limit
+            && !limit.admit(key, peer)
+        {
+            self.reject(key, Reject::TooManyFromAddress, now);
+        }
+        key
+    }
+
+    /// Accepting failed for want of descriptors (EMFILE/ENFILE) or memory:
+    /// accepting again at once would fail again and spin, so it pauses.
+    pub fn handle_accept_error(&mut self, now: u64) {
+        self.stats.accept_pauses += 1;
+        self.accept_paused_until = Some(now + ACCEPT_PAUSE_MS);
+    }
+
+    // ---- Reading ---------------------------------------------------------
+
+    /// How many bytes the driver may read from this connection now; 0: none.
+    ///
+    /// A request head is read no further than the limit that refuses it. An
+    /// open connection is read less as its queue of replies grows, so that
+    /// one read cannot push it far past `--max-backlog`, and not at all once
+    /// it is over (backpressure, resumed by `Action::ResumeReading`).
+    pub fn read_limit(&self, key: usize) -> usize {
+        let Some(conn) = self.conns.get(key) else {
+            return 0;
+        };
+        match &conn.phase {
+            Phase::Handshaking { head } => (MAX_HEAD + 1).saturating_sub(head.len()).max(1),
+            Phase::Open { .. } | Phase::Closing { .. } if conn.read_paused => 0,
+            Phase::Open { .. } | Phase::Closing { .. } => {
+                let room = self.config.max_backlog.saturating_sub(conn.outbox.cost());
+                (room / REPLY_COST_PER_BYTE).clamp(MIN_READ, READ_BUF)
+            }
+            Phase::Draining { .. } => READ_BUF,
+            Phase::Abandoned | Phase::Closed => 0,
+        }
+    }
+
+    /// Bytes arrived from the peer. They are unmasked in place; nothing of
+    /// them is kept but an incomplete frame or request head.
+    pub fn handle_bytes(&mut self, key: usize, data: &mut [u8], now: u64) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.last_heard = now;
+        match &conn.phase {
+            Phase::Handshaking { .. } => self.on_head(key, data, now),
+            Phase::Open { .. } | Phase::Closing { .. } => self.on_frames(key, data, now),
+            // Draining: read only to see the peer's FIN.
+            _ => {}
+        }
+    }
+
+    /// The peer closed its side of the TCP connection.
+    pub fn handle_eof(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Open { .. } | Phase::Closing { .. }) {
+            self.stats.dropped_without_close += 1;
+        }
+        // A peer that half-closed may still read: give it what is queued (an HTTP answer, say).
+        self.abandon(key);
+    }
+
+    /// Reading or writing failed (a reset, say): the connection is gone.
+    pub fn handle_io_error(&mut self, key: usize) {
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| !matches!(c.phase, Phase::Closed))
+        {
+            self.stats.dropped_without_close += 1;
+            self.drop_conn(key);
+        }
+    }
+
+    // ---- Writing ---------------------------------------------------------
+
+    /// The socket can take more bytes: flush the connection this turn.
+    pub fn handle_writable(&mut self, key: usize) {
+        self.mark_dirty(key);
+    }
+
+    /// The next connection with output to flush this turn.
+    pub fn next_dirty(&mut self) -> Option<usize> {
+        while let Some(key) = self.dirty.pop() {
+            if let Some(conn) = self.conns.get_mut(key)
+                && conn.dirty
+            {
+                conn.dirty = false;
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// Fills `out` with the connection's unwritten bytes, oldest first (for
+    /// one `writev`); returns how many slices it used, 0 when nothing waits.
+    pub fn transmit<'a>(&'a self, key: usize, out: &mut [IoSlice<'a>]) -> usize {
+        self.conns
+            .get(key)
+            .map_or(0, |conn| conn.outbox.transmit(out))
+    }
+
+    /// The socket took the first `n` bytes `transmit` offered.
+    pub fn handle_written(&mut self, key: usize, n: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.outbox.advance(n);
+        }
+    }
+
+    /// A flush ended: everything was written, or the socket is full.
+    pub fn handle_flushed(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.read_paused && conn.outbox.cost() < self.config.max_backlog {
+            conn.read_paused = false;
+            self.actions.push_back(Action::ResumeReading(key));
+        }
+        match &mut conn.phase {
+            Phase::Draining { write_shut } if !*write_shut && conn.outbox.is_empty() => {
+                // FIN after our last byte. We keep reading until the peer's FIN, so
+                // unread input never turns our close into a reset.
+                *write_shut = true;
+                self.actions.push_back(Action::ShutdownWrite(key));
+            }
+            Phase::Abandoned => self.drop_conn(key),
+            _ => {}
+        }
+    }
+
+    // ---- Time, shutdown, the backplane ----------------------------------
+
+    /// Called every turn: ends `--duration`, resumes accepting, expires
+    /// timers and sends presence messages due by `now`.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let end = (self.config.duration_ms > 0).then_some(self.started + self.config.duration_ms);
+        if self.state == RunState::Running && end.is_some_and(|end| now >= end) {
+            self.begin_shutdown(now);
+        }
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            self.actions.push_back(Action::ResumeAccepting);
+        }
+        self.expire_timers(now);
+        self.send_presence(now);
+    }
+
+    /// When `handle_timeout` next has work; `None`: only I/O can bring any.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let stop = match self.state {
+            RunState::Running => {
+                (self.config.duration_ms > 0).then_some(self.started + self.config.duration_ms)
+            }
+            RunState::ShuttingDown { until } => Some(until),
+        };
+        let presence = self
+            .presence_pending
+            .then_some(self.presence_sent_at + PRESENCE_INTERVAL_MS);
+        [
+            self.timers.next_deadline(),
+            self.accept_paused_until,
+            stop,
+            presence,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// SIGINT or SIGTERM: the first begins shutdown, a second ends the wait.
+    pub fn handle_shutdown(&mut self, now: u64) {
+        match self.state {
+            RunState::Running => self.begin_shutdown(now),
+            RunState::ShuttingDown { .. } => self.state = RunState::ShuttingDown { until: now },
+        }
+    }
+
+    /// Whether shutdown is complete: every client gone, or the grace period over.
+    pub fn is_finished(&self, now: u64) -> bool {
+        match self.state {
+            RunState::Running => false,
+            RunState::ShuttingDown { until } => self.conns.is_empty() || now >= until,
+        }
+    }
+
+    /// A chat another instance published (its JSON): relayed to every member
+    /// here, serialized into a frame once, like a local chat.
+    pub fn handle_remote_chat(&mut self, json: &[u8], now: u64) {
+        let frame = frame::server_frame(OpCode::Text, &[json]);
+        self.relay(None, frame.into(), now);
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        let action = self.actions.pop_front()?;
+        if let Action::Close(key) = action {
+            // The driver closes the socket now, so the key is free.
+            self.conns.try_remove(key);
+        }
+        Some(action)
+    }
+
+    // ---- Figures ---------------------------------------------------------
+
+    /// The counters so far.
+    pub fn stats(&self) -> &Counters {
+        &self.stats
+    }
+
+    /// The statistics block printed at exit.
+    pub fn summary(&self, now: u64) -> String {
+        self.stats
+            .summary(now.saturating_sub(self.started) as f64 / 1000.0)
+    }
+
+    /// Connections the engine holds.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The connection limit in force.
+    pub fn max_conns(&self) -> usize {
+        self.max_conns
+    }
+
+    /// Whether the connection is in the room.
+    pub fn is_member(&self, key: usize) -> bool {
+        self.conns
+            .get(key)
+            .is_some_and(|c| matches!(&c.phase, Phase::Open { chat, .. } if chat.member.is_some()))
+    }
+
+    /// What the engine holds in memory for one connection: the struct, its
+    /// queue as charged, its reader's buffers and any request head.
+    pub fn memory(&self, key: usize) -> usize {
+        let Some(conn) = self.conns.get(key) else {
+            return 0;
+        };
+        let buffered = match &conn.phase {
+            Phase::Handshaking { head } => head.capacity(),
+            Phase::Open { reader, .. } | Phase::Closing { reader } => reader.buffered(),
+            _ => 0,
+        };
+        std::mem::size_of::<Connection>() + conn.outbox.cost() + buffered
+    }
+
+    /// The most `memory` may ever say for one connection: `--max-backlog`,
+    /// the replies one read can add past it (at most `MIN_READ` bytes are
+    /// read close to the limit, and a message completed by the last read is
+    /// at most `--max-message-size`), and a message being assembled (its
+    /// buffer grows by doubling, so up to twice `--max-message-size`).
+    pub fn memory_bound(&self) -> usize {
+        let max_message = self.config.max_message_size;
+        let one_reply = (max_message + frame::MAX_SERVER_HEADER + FRAME_COST)
+            .max(MIN_READ * REPLY_COST_PER_BYTE);
+        std::mem::size_of::<Connection>()
+            + self.config.max_backlog
+            + one_reply
+            + 2 * max_message
+            + 1024
+    }
+
+    /// Checks what the engine's structures promise each other; `Err` says
+    /// what is broken. For tests and the simulation, after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (index, &key) in self.room.members().iter().enumerate() {
+            let member = self
+                .member(key)
+                .ok_or(format!("room lists {key}, not a member"))?;
+            if member.index != index {
+                return Err(format!(
+                    "{key} is at {index} in the room, thinks {}",
+                    member.index
+                ));
+            }
+        }
+        for (index, &key) in self.watchers.members().iter().enumerate() {
+            let watching = self.member(key).and_then(|m| m.watching);
+            if watching.map(|(i, _)| i) != Some(index) {
+                return Err(format!("{key} is watcher {index}, thinks {watching:?}"));
+            }
+        }
+        let mut members = 0;
+        for (key, conn) in &self.conns {
+            if let Phase::Open { chat, .. } = &conn.phase
+                && let Some(member) = &chat.member
+            {
+                members += 1;
+                if self.room.members().get(member.index) != Some(&key) {
+                    return Err(format!("member {key} is not at its index in the room"));
+                }
+            }
+            if conn.dirty && !self.dirty.contains(&key) {
+                return Err(format!("{key} is dirty but not in the flush list"));
+            }
+            if self.memory(key) > self.memory_bound() {
+                return Err(format!(
+                    "{key} holds {} bytes, over the bound of {}",
+                    self.memory(key),
+                    self.memory_bound()
+                ));
+            }
+        }
+        if members != self.room.len() {
+            return Err(format!(
+                "{members} members, {} in the room",
+                self.room.len()
+            ));
+        }
+        let refused = self.stats.refused_max_conns + self.stats.refused_per_ip;
+        if self.stats.websocket_upgrades + refused > self.stats.connections_total {
+            return Err("more upgrades and refusals than connections".into());
+        }
+        if self.stats.joins < self.room.len() as u64 {
+            return Err("fewer joins than members".into());
+        }
+        Ok(())
+    }
+
+    // ---- Requests --------------------------------------------------------
+
+    /// Bytes of the request head. Usually the whole request comes in one
+    /// read: it is parsed where it lies and copied only while incomplete.
+    fn on_head(&mut self, key: usize, data: &mut [u8], now: u64) {
+        let Some(Phase::Handshaking { head }) = self.conns.get_mut(key).map(|c| &mut c.phase)
+        else {
+            return;
+        };
+        let first_read = head.is_empty();
+        if !first_read {
+            head.extend_from_slice(data);
+        }
+        let parsed = http::request::parse(
+            if first_read { data } else { head },
+            &self.config.allowed_origins,
+        );
+        match parsed {
+            Ok(None) if first_read => head.extend_from_slice(data),
+            Ok(None) => {}
+            Err(reject) => self.reject(key, reject, now),
+            Ok(Some((route, head_len))) => {
+                let mut head = std::mem::take(head);
+                self.route(key, route, now);
+                // Frames sent right behind the request head belong to the new connection.
+                let rest = if first_read {
+                    &mut data[head_len..]
+                } else {
+                    &mut head[head_len..]
+                };
+                if !rest.is_empty() {
+                    self.on_frames(key, rest, now);
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, key: usize, route: Route, now: u64) {
+        match route {
+            Route::Upgrade { accept } => self.open(key, &accept, now),
+            Route::Page => {
+                self.stats.http_page += 1;
+                self.respond(key, Rc::clone(&self.page), now);
+            }
+            Route::Health => {
+                self.stats.http_health += 1;
+                let body: &[u8] = match &self.backplane {
+                    Some(probe) if probe().state != "up" => {
+                        b"ok; backplane down: chats reach this instance's clients only\n"
+                    }
+                    _ => b"ok\n",
+                };
+                let answer = response::ok("text/plain; charset=utf-8", body);
+                self.respond(key, answer.into(), now);
+            }
+            Route::Stats => {
+                self.stats.http_stats += 1;
+                let uptime = now.saturating_sub(self.started) as f64 / 1000.0;
+                let backplane = self.backplane.as_ref().map(|probe| probe());
+                let body = self
+                    .stats
+                    .to_json(self.conns.len(), self.room.len(), uptime, backplane);
+                let answer = response::ok("application/json", &body);
+                self.respond(key, answer.into(), now);
+            }
+        }
+    }
+
+    fn open(&mut self, key: usize, accept: &str, now: u64) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.phase = Phase::Open {
+            reader: MessageReader::default(),
+            chat: ChatState::new(now),
+        };
+        self.stats.websocket_upgrades += 1;
+        self.send(key, response::switching_protocols(accept).into());
+        self.set_timer(key, now + self.config.ping_interval_ms);
+    }
+
+    fn reject(&mut self, key: usize, reject: Reject, now: u64) {
+        self.stats.rejected(reject);
+        self.respond(key, reject.response().into(), now);
+    }
+
+    /// Sends a whole HTTP response, then closes.
+    fn respond(&mut self, key: usize, response: Rc<[u8]>, now: u64) {
+        self.send(key, response);
+        self.drain(key, now);
+    }
+
+    // ---- Frames and messages --------------------------------------------
+
+    /// Acts on every complete frame in `data`; the reader keeps the rest.
+    fn on_frames(&mut self, key: usize, data: &mut [u8], now: u64) {
+        let echo = self.config.echo;
+        let limits = Limits {
+            role: Role::Server,
+            max_message: self.config.max_message_size,
+        };
+        let mut pos = 0;
+        while pos < data.len() {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let (reader, chat) = match &mut conn.phase {
+                Phase::Open { reader, chat } => (reader, Some(chat)),
+                Phase::Closing { reader } => (reader, None),
+                // A close or an error ended the stream: the rest is discarded.
+                _ => return,
+            };
+            let (used, event) = match reader.read(&mut data[pos..], limits) {
+                Ok(step) => step,
+                Err(error) => return self.close(key, CloseCause::Protocol(error), now),
+            };
+            pos += used;
+            if let Some(event) = event {
+                let reaction = react(event, chat, echo, now);
+                self.apply(key, reaction, now);
+            }
+        }
+    }
+
+    fn apply(&mut self, key: usize, reaction: Reaction, now: u64) {
+        match reaction {
+            Reaction::Nothing => {}
+            Reaction::Reply(frame) => self.send(key, frame.into()),
+            Reaction::Pong(frame) => self.send_pong(key, frame.into()),
+            Reaction::IgnoredBinary => self.stats.ignored_binary += 1,
+            Reaction::PeerClosed { reply } => {
+                if let Some(reply) = reply {
+                    self.stats.closed_by_client += 1;
+                    self.send(key, reply.into());
+                }
+                self.drain(key, now);
+            }
+            Reaction::Chat(Outcome::Join { user, presence }) => self.join(key, user, presence),
+            Reaction::Chat(Outcome::Relay(frame)) => {
+                let frame: Rc<[u8]> = frame.into();
+                if self.publish {
+                    self.actions.push_back(Action::Publish(Rc::clone(&frame)));
+                }
+                self.relay(Some(key), frame, now);
+            }
+            Reaction::Chat(Outcome::Reply(frame)) => self.send(key, frame.into()),
+            Reaction::Chat(Outcome::Leave) => self.close(key, CloseCause::Leave, now),
+            Reaction::Chat(Outcome::Keepalive) => {}
+            Reaction::Chat(Outcome::RateLimited) => self.stats.rate_limited += 1,
+            Reaction::Chat(Outcome::Ignored(why)) => self.stats.ignored(why),
+        }
+    }
+
+    // ---- The room --------------------------------------------------------
+
+    fn join(&mut self, key: usize, user: Box<str>, presence: bool) {
+        let Some(chat) = self.conns.get_mut(key).and_then(Connection::chat_mut) else {
+            return;
+        };
+        let index = self.room.join(key);
+        let watching = presence.then(|| (self.watchers.join(key), self.room.len()));
+        chat.member = Some(Member {
+            user,
+            index,
+            watching,
+        });
+        self.stats.joins += 1;
+        self.presence_pending = !self.watchers.is_empty();
+        if presence {
+            // The newcomer learns the count at once; the others at the next presence tick.
+            self.stats.presence_sent += 1;
+            self.send(key, protocol::presence_frame(self.room.len()).into());
+        }
+    }
+
+    /// Takes a member out of the room and the watchers; only `transition` calls it.
+    fn leave_room(&mut self, member: &Member, key: usize) {
+        if let Some(moved) = self.room.leave(key, member.index)
+            && let Some(m) = self.member_mut(moved)
+        {
+            m.index = member.index;
+        }
+        if let Some((index, _)) = member.watching
+            && let Some(moved) = self.watchers.leave(key, index)
+            && let Some((moved_index, _)) = self.member_mut(moved).and_then(|m| m.watching.as_mut())
+        {
+            *moved_index = index;
+        }
+        self.presence_pending = !self.watchers.is_empty();
+    }
+
+    fn member(&self, key: usize) -> Option<&Member> {
+        match &self.conns.get(key)?.phase {
+            Phase::Open { chat, .. } => chat.member.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn member_mut(&mut self, key: usize) -> Option<&mut Member> {
+        self.conns
+            .get_mut(key)
+            .and_then(Connection::chat_mut)
+            .and_then(|c| c.member.as_mut())
+    }
+
+    /// Tells each watcher the room's size if it changed since they last heard,
+    /// at most once per `PRESENCE_INTERVAL_MS`, so a churning room costs them
+    /// little. Nobody watching (the load tools) costs nothing. One frame,
+    /// built once and shared, like a chat.
+    fn send_presence(&mut self, now: u64) {
+        if !self.presence_pending || now < self.presence_sent_at + PRESENCE_INTERVAL_MS {
+            return;
+        }
+        self.presence_pending = false;
+        self.presence_sent_at = now;
+        let count = self.room.len();
+        let mut frame: Option<Rc<[u8]>> = None;
+        for i in 0..self.watchers.len() {
+            let key = self.watchers.members()[i];
+            let Some((_, seen)) = self.member_mut(key).and_then(|m| m.watching.as_mut()) else {
+                continue;
+            };
+            if *seen == count {
+                continue;
+            }
+            *seen = count;
+            let frame = frame.get_or_insert_with(|| protocol::presence_frame(count).into());
+            let frame = Rc::clone(frame);
+            self.stats.presence_sent += 1;
+            self.send(key, frame);
+        }
+    }
+
+    /// The hot path. The chat was serialized once into `frame`; each recipient
+    /// gets a reference-count bump and a queue slot: no per-recipient
+    /// allocation, copy or JSON work. Nothing is written here: the driver
+    /// flushes each recipient once at the end of the turn, however many
+    /// chats it got, in one `writev`.
+    fn relay(&mut self, sender: Option<usize>, frame: Rc<[u8]>, now: u64) {
+        self.stats.chats_relayed += 1;
+        let limit = self.config.max_backlog;
+        let mut delivered = 0;
+        for &key in self.room.members() {
+            if Some(key) == sender {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.outbox.cost() >= limit {
+                self.slow.push(key);
+                continue;
+            }
+            conn.outbox.push(Rc::clone(&frame));
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+            delivered += 1;
+        }
+        self.stats.deliveries += delivered;
+        while let Some(key) = self.slow.pop() {
+            self.close(key, CloseCause::SlowConsumer, now);
+        }
+    }
+
+    // ---- Output ----------------------------------------------------------
+
+    /// Queues a frame for one connection.
+    fn send(&mut self, key: usize, frame: Rc<[u8]>) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.outbox.push(frame);
+            self.after_queueing(key);
+        }
+    }
+
+    /// Queues a pong, replacing one that has not started to go out.
+    fn send_pong(&mut self, key: usize, frame: Rc<[u8]>) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.outbox.push_pong(frame);
+            self.after_queueing(key);
+        }
+    }
+
+    /// Our answers to this peer pile up (a flood of JSON pings, say): stop
+    /// reading it until they drain.
+    fn after_queueing(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && conn.outbox.cost() >= self.config.max_backlog
+            && !conn.read_paused
+        {
+            conn.read_paused = true;
+            self.stats.read_pauses += 1;
+        }
+        self.mark_dirty(key);
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.dirty
+            && !matches!(conn.phase, Phase::Closed)
+        {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    // ---- Closing ---------------------------------------------------------
+
+    /// The one way a connection changes phase. Leaving `Open` takes it out of
+    /// the room, so membership cannot outlive the phase that holds it.
+    fn transition(&mut self, key: usize, next: impl FnOnce(Phase) -> Phase) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut old = std::mem::replace(&mut conn.phase, Phase::Closed);
+        let member = match &mut old {
+            Phase::Open { chat, .. } => chat.member.take(),
+            _ => None,
+        };
+        conn.phase = next(old);
+        if let Some(member) = member {
+            self.leave_room(&member, key);
+        }
+    }
+
+    /// Starts a close from our side: the close frame with the cause's code,
+    /// counted under the cause, then what the cause says comes next.
+    fn close(&mut self, key: usize, cause: CloseCause, now: u64) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        *cause.counter(&mut self.stats) += 1;
+        // Only one close frame per connection: after ours (or theirs) nothing more is sent.
+        let open = matches!(conn.phase, Phase::Open { .. });
+        if open {
+            self.send(key, close::frame(cause.code(), cause.reason()).into());
+        }
+        match cause.after() {
+            After::AwaitPeerClose if open => {
+                self.transition(key, |phase| match phase {
+                    Phase::Open { reader, .. } => Phase::Closing { reader },
+                    other => other,
+                });
+                self.set_timer(key, now + CLOSE_WAIT_MS);
+            }
+            After::AwaitPeerClose => {}
+            After::Drain => self.drain(key, now),
+            After::Abandon => self.abandon(key),
+        }
+    }
+
+    /// The last output goes out, then the write side is shut; input is discarded until EOF.
+    fn drain(&mut self, key: usize, now: u64) {
+        self.transition(key, |_| Phase::Draining { write_shut: false });
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        // Reading now only discards, so it can resume; we need it to see the peer's FIN.
+        if conn.read_paused {
+            conn.read_paused = false;
+            self.actions.push_back(Action::ResumeReading(key));
+        }
+        self.set_timer(key, now + LINGER_MS);
+        self.mark_dirty(key);
+    }
+
+    /// One last flush, then the socket is closed, without waiting for the peer.
+    fn abandon(&mut self, key: usize) {
+        self.transition(key, |_| Phase::Abandoned);
+        self.mark_dirty(key);
+    }
+
+    /// Takes the connection out of the engine and tells the driver to close it.
+    fn drop_conn(&mut self, key: usize) {
+        if self
+            .conns
+            .get(key)
+            .is_none_or(|c| matches!(c.phase, Phase::Closed))
+        {
+            return;
+        }
+        self.transition(key, |_| Phase::Closed);
+        if let Some(limit) = &mut self.ip_limit {
+            limit.release(key);
+        }
+        self.actions.push_back(Action::Close(key));
+    }
+
+    /// Stops accepting and sends close 1001 to every open connection.
+    fn begin_shutdown(&mut self, now: u64) {
+        self.state = RunState::ShuttingDown {
+            until: now + SHUTDOWN_GRACE_MS,
+        };
+        self.actions.push_back(Action::StopListening);
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            match self.conns.get(key).map(|c| &c.phase) {
+                Some(Phase::Handshaking { .. }) => self.drop_conn(key),
+                Some(Phase::Open { .. }) => self.close(key, CloseCause::Shutdown, now),
+                _ => {}
+            }
+        }
+    }
+
+    // ---- Timers ----------------------------------------------------------
+
+    fn set_timer(&mut self, key: usize, at: u64) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.timer_at = at;
+            // Keys fit: `--max-conns` is capped far below u32::MAX.
+            self.timers.insert(at, (key as u32, conn.id));
+        }
+    }
+
+    /// Acts on due timers. An entry is live only if its connection still has
+    /// the same id (keys are reused) and still waits for that deadline.
+    fn expire_timers(&mut self, now: u64) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.expire(now, &mut fired);
+        for &(deadline, (key, id)) in &fired {
+            let key = key as usize;
+            let Some(conn) = self.conns.get(key) else {
+                continue;
+            };
+            if conn.id != id || conn.timer_at != deadline {
+                continue;
+            }
+            match conn.phase {
+                Phase::Handshaking { .. } => {
+                    self.stats.handshake_timeouts += 1;
+                    self.drop_conn(key);
+                }
+                Phase::Open { .. } => self.keepalive(key, now),
+                Phase::Closing { .. } => {
+                    self.stats.close_timeouts += 1;
+                    self.drop_conn(key);
+                }
+                Phase::Draining { .. } => {
+                    self.stats.linger_timeouts += 1;
+                    self.drop_conn(key);
+                }
+                Phase::Abandoned | Phase::Closed => {}
+            }
+        }
+        fired.clear();
+        self.fired = fired;
+    }
+
+    /// Pings a connection we have not heard from in `--ping-interval`; closes
+    /// one silent for `--pong-timeout`. Also frees an idle connection's queue.
+    fn keepalive(&mut self, key: usize, now: u64) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.outbox.release_if_empty();
+        let silent = now.saturating_sub(conn.last_heard);
+        let last_heard = conn.last_heard;
+        if silent >= self.config.pong_timeout_ms {
+            return self.close(key, CloseCause::KeepaliveTimeout, now);
+        }
+        let next = if silent >= self.config.ping_interval_ms {
+            self.send(key, Rc::clone(&self.ping));
+            last_heard + self.config.pong_timeout_ms
+        } else {
+            last_heard + self.config.ping_interval_ms
+        };
+        self.set_timer(key, next);
+    }
+}
+
+/// Decides what one event from an open or closing connection means.
+fn react(event: Event<'_>, chat: Option<&mut ChatState>, echo: bool, now: u64) -> Reaction {
+    let pong = |payload: &[u8]| Reaction::Pong(frame::server_frame(OpCode::Pong, &[payload]));
+    let Some(chat) = chat else {
+        // Closing: we sent our close. Pings are still answered (RFC 6455 §5.5.2)
+        // and the peer's close ends it; anything else is dropped.
+        return match event {
+            Event::Ping(payload) => pong(payload),
+            Event::Close(_) => Reaction::PeerClosed { reply: None },
+            _ => Reaction::Nothing,
+        };
+    };
+    match event {
+        Event::Text(text) if echo => {
+            Reaction::Reply(frame::server_frame(OpCode::Text, &[text.as_bytes()]))
+        }
+        Event::Binary(data) if echo => {
+            Reaction::Reply(frame::server_frame(OpCode::Binary, &[data]))
+        }
+        Event::Text(text) => Reaction::Chat(chat.on_text(text, now)),
+        Event::Binary(_) => Reaction::IgnoredBinary,
+        Event::Ping(payload) => pong(payload),
+        Event::Pong(_) => Reaction::Nothing,
+        // Echo the peer's code (RFC 6455 §5.5.1); a close without one is answered without one.
+        Event::Close(peer) => Reaction::PeerClosed {
+            reply: Some(match peer {
+                Some(peer) => close::frame(peer.code, ""),
+                None => frame::server_frame(OpCode::Close, &[]),
+            }),
+        },
+    }
+}

@@ -1,0 +1,214 @@
+//! A connection's outbound queue: whole frames waiting for the socket.
+//!
+//! Frames are `Rc<[u8]>`, so a relayed chat is one allocation shared by every
+//! recipient's queue. The driver takes the queue as `IoSlice`s for one
+//! `writev` and reports how much the kernel took.
+//!
+//! The queue is charged what it costs in memory, not only its bytes: each
+//! frame adds `FRAME_COST` for its allocation header, the allocator's rounding
+//! and its queue slot. A pong is never queued twice: RFC 6455 §5.5.3 allows
+//! answering only the latest ping, so a new pong replaces one still waiting.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::rc::Rc;
+
+/// What a queued frame costs beyond its bytes: the `Rc` header (16 bytes), the
+/// allocator's header and rounding (up to 32) and the queue slot (16).
+pub const FRAME_COST: usize = 64;
+
+/// The first byte of a pong frame we send (FIN + opcode 0xA). HTTP answers
+/// start with `H` and every other frame with another opcode, so it tells
+/// pongs apart.
+const PONG: u8 = 0x8A;
+
+/// Frames queued for one connection, and how much of the first one went out.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// The frame going out. Usually the only one (a reply, or one chat per
+    /// turn), so it is kept here and the queue below is not allocated.
+    front: Option<Rc<[u8]>>,
+    /// Bytes of `front` already written.
+    front_written: usize,
+    /// The pong waiting to go out right after `front`.
+    pong: Option<Rc<[u8]>>,
+    /// Frames behind those, allocated only when more than one waits.
+    rest: VecDeque<Rc<[u8]>>,
+    /// What everything queued costs: unwritten bytes plus `FRAME_COST` per frame.
+    cost: usize,
+}
+
+impl Outbox {
+    /// Queues a frame behind the others.
+    pub fn push(&mut self, frame: Rc<[u8]>) {
+        self.cost += frame.len() + FRAME_COST;
+        if self.front.is_none() {
+            self.front = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    /// Queues a pong to go out as soon as the frame in progress is done,
+    /// replacing any pong that has not started to go out.
+    pub fn push_pong(&mut self, pong: Rc<[u8]>) {
+        let unstarted_front = self.front_written == 0
+            && self
+                .front
+                .as_deref()
+                .is_some_and(|f| f.first() == Some(&PONG));
+        let slot = if self.front.is_none() || unstarted_front {
+            &mut self.front
+        } else {
+            &mut self.pong
+        };
+        if let Some(old) = slot.replace(pong) {
+            self.cost -= old.len() + FRAME_COST;
+        }
+        self.cost += slot.as_deref().map_or(0, <[u8]>::len) + FRAME_COST;
+    }
+
+    /// What the queue costs in memory (its backlog for `--max-backlog`).
+    pub fn cost(&self) -> usize {
+        self.cost
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.front.is_none()
+    }
+
+    /// Frees the queue's memory if it is empty (for idle connections).
+    pub fn release_if_empty(&mut self) {
+        if self.rest.is_empty() {
+            self.rest = VecDeque::new();
+        }
+    }
+
+    /// Fills `out` with the unwritten bytes in order; returns how many slices it used.
+    pub fn transmit<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let Some(front) = &self.front else {
+            return 0;
+        };
+        let queued = [&front[self.front_written..]]
+            .into_iter()
+            .chain(self.pong.as_deref())
+            .chain(self.rest.iter().map(|f| &f[..]));
+        let mut count = 0;
+        for (slot, bytes) in out.iter_mut().zip(queued) {
+            *slot = IoSlice::new(bytes);
+            count += 1;
+        }
+        count
+    }
+
+    /// Drops the first `written` bytes, which the socket took.
+    pub fn advance(&mut self, mut written: usize) {
+        while let Some(front) = &self.front {
+            let left = front.len() - self.front_written;
+            if written < left {
+                self.front_written += written;
+                self.cost -= written;
+                return;
+            }
+            written -= left;
+            self.cost -= left + FRAME_COST;
+            self.front_written = 0;
+            // The waiting pong goes next, ahead of the queue.
+            self.front = self.pong.take().or_else(|| self.rest.pop_front());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes everything `outbox` offers, at most `cap` bytes per call, into `got`.
+    fn drain(outbox: &mut Outbox, cap: usize, got: &mut Vec<u8>) -> usize {
+        let mut calls = 0;
+        loop {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let count = outbox.transmit(&mut slices);
+            if count == 0 {
+                return calls;
+            }
+            calls += 1;
+            let mut n = 0;
+            for slice in &slices[..count] {
+                let take = slice.len().min(cap - n);
+                got.extend_from_slice(&slice[..take]);
+                n += take;
+            }
+            outbox.advance(n);
+        }
+    }
+
+    fn frames() -> Vec<Rc<[u8]>> {
+        (0..200u8)
+            .map(|i| Rc::from(vec![i; 1 + usize::from(i % 7)]))
+            .collect()
+    }
+
+    #[test]
+    fn partial_writes_keep_order_and_charge_every_frame() {
+        let all: Vec<u8> = frames().iter().flat_map(|f| f.iter().copied()).collect();
+        for cap in [1, 3, 64, 10_000] {
+            let mut out = Outbox::default();
+            for f in frames() {
+                out.push(f);
+            }
+            assert_eq!(out.cost(), all.len() + 200 * FRAME_COST);
+            let mut got = Vec::new();
+            drain(&mut out, cap, &mut got);
+            assert_eq!(got, all, "cap {cap}");
+            assert_eq!(out.cost(), 0);
+            assert!(out.is_empty() && out.rest.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_single_frame_needs_no_queue_allocation() {
+        let mut out = Outbox::default();
+        out.push(Rc::from(&b"one"[..]));
+        assert_eq!(out.rest.capacity(), 0);
+        let mut got = Vec::new();
+        drain(&mut out, 2, &mut got);
+        assert_eq!(got, b"one");
+    }
+
+    #[test]
+    fn one_pong_waits_at_a_time_and_goes_out_next() {
+        let pong = |n: u8| -> Rc<[u8]> { Rc::from(vec![PONG, 1, n]) };
+        let mut out = Outbox::default();
+        // Alone: the pong is the front; a newer one replaces it while unsent.
+        out.push_pong(pong(1));
+        out.push_pong(pong(2));
+        assert_eq!(out.cost(), 3 + FRAME_COST);
+        out.push(Rc::from(&b"chat"[..]));
+        // Behind a frame that started going out, a pong waits in its slot.
+        out.advance(1);
+        out.push(Rc::from(&b"later"[..]));
+        for n in 3..100 {
+            out.push_pong(pong(n));
+        }
+        assert_eq!(out.cost(), 2 + 3 + 4 + 5 + 4 * FRAME_COST);
+        let mut got = Vec::new();
+        drain(&mut out, 1, &mut got);
+        assert_eq!(
+            got,
+            [&[1, 2][..], &[PONG, 1, 99], b"chat", b"later"].concat()
+        );
+        assert_eq!(out.cost(), 0);
+    }
+
+    #[test]
+    fn many_frames_go_out_in_few_calls() {
+        let mut out = Outbox::default();
+        for f in frames() {
+            out.push(f);
+        }
+        let calls = drain(&mut out, usize::MAX, &mut Vec::new());
+        assert_eq!(calls, 200usize.div_ceil(64));
+    }
+}

@@ -1,0 +1,333 @@
+//! The event loop: one mio `Poll` owns every socket, all readiness, the
+//! signal pipe and the backplane's `Waker`; the `Engine` decides everything.
+//!
+//! One turn: poll (the engine's next deadline sets the timeout) → accept
+//! until WouldBlock → read each ready connection and hand the bytes to the
+//! engine (a relay only queues the shared frame on each recipient) → the
+//! engine's timers → flush each connection with queued output, many frames
+//! per `writev` → carry out the engine's actions. The flush is last, so
+//! nothing a turn queues waits for the next poll.
+
+#[cfg_attr(not(feature = "redis"), path = "backplane_off.rs")]
+pub mod backplane;
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::Config;
+use crate::engine::{Action, Engine, READ_BUF};
+use backplane::Backplane;
+
+const LISTENER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+const BACKPLANE: Token = Token(usize::MAX - 2);
+
+/// Reads from one connection per turn before the others get theirs.
+const READS_PER_TURN: usize = 16;
+/// Most slices handed to one `writev` (well under IOV_MAX = 1024).
+const MAX_IOV: usize = 64;
+/// File descriptors kept out of the default `--max-conns` (stdio, poll, listener, signal pipe, refusals).
+const RESERVED_FDS: u64 = 32;
+
+/// The server process: `bind`, then `run` until `--duration` ends or a signal arrives.
+pub struct Server {
+    engine: Engine,
+    poll: Poll,
+    /// `None` once shutdown has begun: new clients are refused by the kernel.
+    listener: Option<TcpListener>,
+    /// Read end of the pipe the signal handler writes to.
+    signals: UnixStream,
+    /// Each connection's socket, under the engine's key for it.
+    sockets: Vec<Option<TcpStream>>,
+    /// With `--redis`: the link to the other instances.
+    backplane: Option<Backplane>,
+    /// Connections that may have more to read: read budget used up, or reading resumed.
+    read_again: Vec<usize>,
+    read_buf: Vec<u8>,
+    started: Instant,
+}
+
+impl Server {
+    /// Binds the listener and the signal handlers. `fd_limit` sets the default `--max-conns`.
+    pub fn bind(config: Config, fd_limit: u64) -> io::Result<Self> {
+        let addr = (config.host.as_str(), config.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the host resolves to no address",
+                )
+            })?;
+        let mut listener = TcpListener::bind(addr)?;
+        // We coalesce writes ourselves; Nagle would only delay small frames.
+        // Linux passes the option on to accepted sockets: one call instead of one per accept.
+        #[cfg(target_os = "linux")]
+        crate::sys::set_listener_nodelay(&listener)?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+
+        // The handler only writes a byte to this pipe; the loop sees it as readable.
+        let (read_end, write_end) = StdUnixStream::pair()?;
+        read_end.set_nonblocking(true)?;
+        write_end.set_nonblocking(true)?;
+        for signal in [SIGINT, SIGTERM] {
+            signal_hook::low_level::pipe::register(signal, write_end.try_clone()?)?;
+        }
+        let mut signals = UnixStream::from_std(read_end);
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+
+        let backplane = match &config.redis {
+            Some(url) => {
+                let waker = mio::Waker::new(poll.registry(), BACKPLANE)?;
+                let started = Backplane::start(url, &config.redis_channel, waker);
+                Some(started.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+            }
+            None => None,
+        };
+        let default_max = fd_limit
+            .saturating_sub(RESERVED_FDS)
+            .clamp(1, crate::config::MAX_CONNS as u64) as usize;
+        let max_conns = config.max_conns.unwrap_or(default_max);
+        let mut engine = Engine::new(config, max_conns, backplane.is_some(), 0);
+        if let Some(backplane) = &backplane {
+            engine.set_backplane_probe(backplane.probe());
+        }
+        Ok(Self {
+            engine,
+            poll,
+            listener: Some(listener),
+            signals,
+            sockets: Vec::new(),
+            backplane,
+            read_again: Vec::new(),
+            read_buf: vec![0; READ_BUF],
+            started: Instant::now(),
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.listener {
+            Some(listener) => listener.local_addr(),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// The connection limit in force.
+    pub fn max_conns(&self) -> usize {
+        self.engine.max_conns()
+    }
+
+    /// Runs the loop until shutdown completes; returns the statistics block.
+    pub fn run(mut self) -> io::Result<String> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = self.now();
+            match self.poll.poll(&mut events, self.poll_timeout(now)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = self.now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => self.on_signal(now),
+                    BACKPLANE => self.relay_remote(now),
+                    Token(key) => {
+                        if event.is_writable() || event.is_write_closed() {
+                            self.engine.handle_writable(key);
+                        }
+                        let peer_closed = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || peer_closed {
+                            self.read(key, now, peer_closed);
+                        }
+                    }
+                }
+                self.carry_out_actions(now);
+            }
+            for key in std::mem::take(&mut self.read_again) {
+                self.read(key, now, true);
+            }
+            self.engine.handle_timeout(now);
+            self.carry_out_actions(now);
+            // Last in the turn: whatever the turn queued goes out before the next poll.
+            while let Some(key) = self.engine.next_dirty() {
+                self.flush(key);
+            }
+            self.carry_out_actions(now);
+            if self.engine.is_finished(now) {
+                break;
+            }
+        }
+        Ok(self.engine.summary(self.now()))
+    }
+
+    /// Milliseconds since the server started: the only clock read; the engine gets `now`.
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn poll_timeout(&self, now: u64) -> Option<Duration> {
+        if !self.read_again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        self.engine
+            .next_deadline()
+            .map(|at| Duration::from_millis(at.saturating_sub(now)))
+    }
+
+    fn carry_out_actions(&mut self, now: u64) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::ShutdownWrite(key) => {
+                    if let Some(socket) = self.socket(key) {
+                        let _ = socket.shutdown(Shutdown::Write);
+                    }
+                }
+                // Closing the socket also takes it out of the poll set.
+                Action::Close(key) => drop(self.sockets.get_mut(key).and_then(Option::take)),
+                Action::ResumeReading(key) => self.read_again.push(key),
+                Action::StopListening => {
+                    if let Some(mut listener) = self.listener.take() {
+                        let _ = self.poll.registry().deregister(&mut listener);
+                    }
+                }
+                Action::ResumeAccepting => self.accept(now),
+                Action::Publish(frame) => {
+                    if let Some(backplane) = &self.backplane {
+                        backplane.publish(&frame);
+                    }
+                }
+            }
+        }
+    }
+
+    fn socket(&mut self, key: usize) -> Option<&mut TcpStream> {
+        self.sockets.get_mut(key).and_then(Option::as_mut)
+    }
+
+    fn accept(&mut self, now: u64) {
+        while self.engine.accepting() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(_) => {
+                    // Out of file descriptors (EMFILE/ENFILE) or memory.
+                    self.engine.handle_accept_error(now);
+                    return;
+                }
+            };
+            #[cfg(not(target_os = "linux"))]
+            let _ = stream.set_nodelay(true);
+            let key = self.engine.handle_accept(peer.ip(), now);
+            // Edge-triggered, registered once for both directions: no reregister per write.
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(key), interest)
+                .is_err()
+            {
+                self.engine.handle_io_error(key);
+                continue;
+            }
+            if self.sockets.len() <= key {
+                self.sockets.resize_with(key + 1, || None);
+            }
+            self.sockets[key] = Some(stream);
+            self.carry_out_actions(now);
+        }
+    }
+
+    fn on_signal(&mut self, now: u64) {
+        let mut buf = [0u8; 64];
+        while matches!(self.signals.read(&mut buf), Ok(n) if n > 0) {}
+        self.engine.handle_shutdown(now);
+    }
+
+    /// Reads what the engine allows, until WouldBlock or the per-turn budget,
+    /// handing the bytes to the engine as they come.
+    ///
+    /// `until_eof` is false only for a fresh edge without a FIN. On Linux a
+    /// short read then means the socket is empty, and bytes arriving later
+    /// raise a new edge (epoll edge-triggered semantics, which mio documents
+    /// as the platform's behaviour but does not promise), so the WouldBlock
+    /// read (one syscall per message) is skipped there. Elsewhere the loop
+    /// reads until WouldBlock, as mio asks.
+    fn read(&mut self, key: usize, now: u64, until_eof: bool) {
+        let skip_wouldblock_read = cfg!(target_os = "linux") && !until_eof;
+        for _ in 0..READS_PER_TURN {
+            let limit = self.engine.read_limit(key);
+            let Some(socket) = self.sockets.get_mut(key).and_then(Option::as_mut) else {
+                return;
+            };
+            if limit == 0 {
+                return;
+            }
+            let buf = &mut self.read_buf[..limit.min(READ_BUF)];
+            match socket.read(buf) {
+                Ok(0) => return self.engine.handle_eof(key),
+                Ok(n) => {
+                    let short = n < buf.len();
+                    self.engine.handle_bytes(key, &mut buf[..n], now);
+                    if short && skip_wouldblock_read {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.engine.handle_io_error(key),
+            }
+        }
+        // Budget used up: the others get their turn; this one reads again next turn.
+        self.read_again.push(key);
+    }
+
+    /// Writes what the connection has queued: one `writev` for many frames.
+    fn flush(&mut self, key: usize) {
+        while let Some(socket) = self.sockets.get_mut(key).and_then(Option::as_mut) {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let count = self.engine.transmit(key, &mut slices);
+            if count == 0 {
+                break;
+            }
+            match socket.write_vectored(&slices[..count]) {
+                Ok(0) => return self.engine.handle_io_error(key),
+                Ok(n) => self.engine.handle_written(key, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.engine.handle_io_error(key),
+            }
+        }
+        self.engine.handle_flushed(key);
+    }
+
+    /// Relays the chats other instances published: each becomes a frame once,
+    /// then takes the same hot path as a local chat.
+    fn relay_remote(&mut self, now: u64) {
+        if let Some(backplane) = &self.backplane {
+            backplane.drain(|chat| self.engine.handle_remote_chat(chat, now));
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The HTTP front end: every connection starts as an HTTP/1.1 request.
+//! `request` parses the head and decides (upgrade, page, health, stats, or
+//! a refusal); `response` writes the answers. Pure code, no sockets.
+
+pub mod request;
+pub mod response;
+
+pub use request::{MAX_HEAD, Reject, Route};

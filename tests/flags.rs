@@ -1,0 +1,72 @@
+//! Flags through the real binary: nonsense is refused at start with one
+//! line on stderr and exit status 2, before anything listens.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn nonsense_flags_are_refused_with_one_line_and_status_2() {
+    let cases: &[&[&str]] = &[
+        &["--max-backlog", "0"],
+        &["--max-message-size", "0"],
+        &["--max-conns", "0"],
+        &["--max-conns", "1000000000000"],
+        &["--ping-interval", "30", "--pong-timeout", "30"],
+        &["--ping-interval", "90"],
+        &["--pong-timeout", "-1"],
+        &["--handshake-timeout", "0"],
+        &["--duration", "soon"],
+        &["--port", "70000"],
+        &["--no-such-flag"],
+    ];
+    for args in cases {
+        let mut child = Command::new(server_binary())
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(*args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the server");
+        // A server that took the flags would run on: give it 5 s, then stop it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("collect the output");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?} was accepted: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(stderr.starts_with("websocket-public-chat: "), "{stderr:?}");
+        assert!(output.stdout.is_empty(), "{args:?} listened");
+    }
+}
+
+#[test]
+fn the_edges_of_each_range_are_accepted() {
+    let server = ServerProcess::start(&[
+        "--max-backlog",
+        "1024",
+        "--max-message-size",
+        "1",
+        "--max-conns",
+        "16777216",
+        "--ping-interval",
+        "0.01",
+        "--pong-timeout",
+        "0.02",
+    ]);
+    // The smallest backlog still serves a connection (with 0 it never read again).
+    let mut raw = RawClient::connect(&server);
+    raw.send_frame(FIN | PING, b"x");
+    assert_eq!(raw.read_frame(), Some((FIN | PONG, b"x".to_vec())));
+}
