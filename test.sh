@@ -3,7 +3,8 @@
 # the Autobahn suite's and k6's Python venvs, Chromium and playwright-core,
 # redis-server).
 #   1. unit tests of the sans-IO core and the load generator, and integration
-#      tests against the real binary (cargo test);
+#      tests against the real binary (cargo test); then the engine under
+#      deterministic simulation, 4,000 seeds in a release build (tests/sim);
 #   2. RFC 6455 conformance: the Autobahn suite against the release binary;
 #   3. k6 smoke: steady chat, and clean 1001 closes at the end of --duration;
 #   4. the browser page in headless Chromium (screenshot in target/browser-artifacts/),
@@ -13,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo test --workspace --all-targets
+cargo test --release -p chat-sim
 tests/autobahn.sh
 tests/k6-smoke.sh
 tests/browser.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs each fuzz target for SECONDS; prints executions and findings per target.
-#   fuzz/run.sh SECONDS [TARGET...]      (targets: frame handshake protocol)
+#   fuzz/run.sh SECONDS [TARGET...]      (targets: frame handshake protocol simulation)
 # Seeds come from fuzz/corpus/<target> (committed); what the fuzzer adds goes
 # to fuzz/work/<target> (not committed); a crash input lands in
 # fuzz/artifacts/<target>/ and the script exits 1.
@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frame handshake protocol)
+[ ${#targets[@]} -gt 0 ] || targets=(frame handshake protocol simulation)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo fuzz passes nightly-only flags (sanitizers, coverage) to rustc.
 export RUSTC_BOOTSTRAP=1

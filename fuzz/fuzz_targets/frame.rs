@@ -1,8 +1,10 @@
 //! Arbitrary bytes, fed in arbitrary chunk sizes, through the frame parser and
 //! message assembler the way the server feeds them. Checks: no panic; a read
-//! never uses more bytes than it was given; what is kept for the next read is
-//! at most a header or a control frame; no message is over the limit and no
-//! allocation is much beyond it; every header accepted re-encodes to the same bytes.
+//! never uses more bytes than it was given and always makes progress; what
+//! the reader keeps between reads is bounded (a header or a control frame,
+//! plus the message being assembled); no message is over the limit and no
+//! allocation is much beyond it; the messages do not depend on how the stream
+//! was split; every header accepted re-encodes to the same bytes.
 //!
 //! Input: the first 8 bytes choose the chunk sizes, the rest is the stream.
 
@@ -12,8 +14,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libfuzzer_sys::fuzz_target;
-use websocket_public_chat::frame::{self, Role};
-use websocket_public_chat::message::{Event, Limits, MessageReader};
+use websocket_public_chat::websocket::frame::{self, Role};
+use websocket_public_chat::websocket::message::{Event, Limits, MessageReader};
 
 /// Small, so fuzzing reaches the limit often.
 const MAX_MESSAGE: usize = 1024;
@@ -54,10 +56,6 @@ fn event_len(event: &Event<'_>) -> usize {
 
 fuzz_target!(|data: &[u8]| {
     let (sizes, stream) = data.split_at(data.len().min(8));
-    let limits = Limits {
-        role: Role::Server,
-        max_message: MAX_MESSAGE,
-    };
 
     // Every header the parser accepts is the shortest encoding of itself.
     let mut at = 0;
@@ -71,44 +69,68 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // The incremental reader, fed chunk by chunk like the server feeds it.
+    // The incremental reader, fed chunk by chunk like the server feeds it,
+    // gives the same messages as when it gets the stream in one piece.
+    let chunked = read_all(stream, |step| sizes.get(step % sizes.len().max(1)).map_or(stream.len(), |&s| usize::from(s) + 1));
+    let whole = read_all(stream, |_| stream.len());
+    assert_eq!(chunked, whole, "the messages depend on how the stream was split");
+});
+
+/// An event, owned; `Err` for the error that ended the stream.
+type Got = Result<(u8, Vec<u8>), ()>;
+
+/// Feeds `stream` in chunks of `size(step)` bytes; what the reader made of it.
+fn read_all(stream: &[u8], size: impl Fn(usize) -> usize) -> Vec<Got> {
+    let limits = Limits {
+        role: Role::Server,
+        max_message: MAX_MESSAGE,
+    };
     let mut reader = MessageReader::default();
-    let mut pending: Vec<u8> = Vec::new();
+    let mut got = Vec::new();
     let mut offset = 0;
     let mut step = 0;
-    'stream: while offset < stream.len() {
-        let size = sizes.get(step % sizes.len().max(1)).map_or(stream.len(), |&s| usize::from(s) + 1);
+    while offset < stream.len() {
+        let end = (offset + size(step)).min(stream.len());
         step += 1;
-        let end = (offset + size).min(stream.len());
-        pending.extend_from_slice(&stream[offset..end]);
+        let mut chunk = stream[offset..end].to_vec();
         offset = end;
         let mut pos = 0;
-        loop {
-            let available = pending.len() - pos;
+        while pos < chunk.len() {
+            let available = chunk.len() - pos;
             LARGEST.store(0, Ordering::Relaxed);
-            let (used, got_event) = match reader.read(&mut pending[pos..], limits) {
+            let (used, event) = match reader.read(&mut chunk[pos..], limits) {
                 // The server fails the connection here and reads no more.
-                Err(_) => break 'stream,
-                Ok((used, event)) => {
-                    if let Some(event) = &event {
-                        let limit = match event {
-                            Event::Text(_) | Event::Binary(_) => MAX_MESSAGE,
-                            _ => frame::MAX_CONTROL_PAYLOAD,
-                        };
-                        assert!(event_len(event) <= limit, "event over its limit");
-                    }
-                    (used, event.is_some())
+                Err(_) => {
+                    got.push(Err(()));
+                    return got;
                 }
+                Ok(step) => step,
             };
             assert!(used <= available, "used {used} of {available} bytes");
+            assert!(used > 0 || event.is_some(), "no progress");
+            if let Some(event) = &event {
+                let limit = match event {
+                    Event::Text(_) | Event::Binary(_) => MAX_MESSAGE,
+                    _ => frame::MAX_CONTROL_PAYLOAD,
+                };
+                assert!(event_len(event) <= limit, "event over its limit");
+                got.push(Ok(own(event)));
+            }
             let largest = LARGEST.load(Ordering::Relaxed);
             assert!(largest <= LARGEST_ALLOWED, "allocated {largest} bytes");
             pos += used;
-            if !got_event && (used == 0 || pos == pending.len()) {
-                break;
-            }
         }
-        pending.drain(..pos);
-        assert!(pending.len() <= 14 + frame::MAX_CONTROL_PAYLOAD, "kept {} bytes", pending.len());
+        assert!(reader.buffered() <= LARGEST_ALLOWED + 512, "kept {} bytes", reader.buffered());
     }
-});
+    got
+}
+
+fn own(event: &Event<'_>) -> (u8, Vec<u8>) {
+    match event {
+        Event::Text(t) => (1, t.as_bytes().to_vec()),
+        Event::Binary(b) => (2, b.to_vec()),
+        Event::Ping(p) => (9, p.to_vec()),
+        Event::Pong(p) => (10, p.to_vec()),
+        Event::Close(c) => (8, c.map_or(Vec::new(), |c| [&c.code.to_be_bytes()[..], c.reason.as_bytes()].concat())),
+    }
+}

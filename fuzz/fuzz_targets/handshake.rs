@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use websocket_public_chat::handshake::{self, MAX_HEAD, Reject};
+use websocket_public_chat::http::request as handshake;
+use websocket_public_chat::http::{MAX_HEAD, Reject};
 
 fuzz_target!(|data: &[u8]| {
     let open = handshake::parse(data, &[]);

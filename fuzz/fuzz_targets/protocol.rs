@@ -5,9 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use websocket_public_chat::chat::{ChatState, Member, Outcome};
-use websocket_public_chat::frame::{self, OpCode, Role};
-use websocket_public_chat::protocol;
+use websocket_public_chat::chat::protocol;
+use websocket_public_chat::chat::session::{ChatState, Member, Outcome};
+use websocket_public_chat::websocket::frame::{self, OpCode, Role};
 
 const NAME: &str = "fuzz \"er\" ✓";
 

@@ -1031,3 +1031,6 @@ fn react(event: Event<'_>, chat: Option<&mut ChatState>, echo: bool, now: u64) -
         },
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,335 @@
+//! The engine driven by hand, without sockets: bytes in, bytes and actions
+//! out, time passed in. The deterministic simulation (`tests/sim`) drives it
+//! with many clients at once; these are the single behaviours.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use crate::websocket::frame::client_frame;
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A driver for tests: flushes every connection fully unless told it is blocked.
+struct Driver {
+    engine: Engine,
+    now: u64,
+    /// Bytes written to each connection's socket, not yet looked at.
+    written: BTreeMap<usize, Vec<u8>>,
+    /// Connections whose socket takes nothing (the peer stopped reading).
+    blocked: Vec<usize>,
+    shut: Vec<usize>,
+    closed: Vec<usize>,
+    resumed: Vec<usize>,
+    listening: bool,
+    published: usize,
+}
+
+impl Driver {
+    fn new(args: &[&str]) -> Self {
+        let config = Config::from_args(std::iter::once("test").chain(args.iter().copied()))
+            .expect("valid flags");
+        Self {
+            engine: Engine::new(config, 100, true, 0),
+            now: 0,
+            written: BTreeMap::new(),
+            blocked: Vec::new(),
+            shut: Vec::new(),
+            closed: Vec::new(),
+            resumed: Vec::new(),
+            listening: true,
+            published: 0,
+        }
+    }
+
+    /// One turn's end: timers, flush, actions; then the invariants.
+    fn turn(&mut self) {
+        self.engine.handle_timeout(self.now);
+        while let Some(key) = self.engine.next_dirty() {
+            while !self.blocked.contains(&key) {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let count = self.engine.transmit(key, &mut slices);
+                if count == 0 {
+                    break;
+                }
+                let out = self.written.entry(key).or_default();
+                let n: usize = slices[..count].iter().map(|s| s.len()).sum();
+                slices[..count]
+                    .iter()
+                    .for_each(|s| out.extend_from_slice(s));
+                self.engine.handle_written(key, n);
+            }
+            self.engine.handle_flushed(key);
+        }
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::ShutdownWrite(key) => self.shut.push(key),
+                Action::Close(key) => self.closed.push(key),
+                Action::StopListening => self.listening = false,
+                Action::Publish(_) => self.published += 1,
+                Action::ResumeReading(key) => self.resumed.push(key),
+                Action::ResumeAccepting => {}
+            }
+        }
+        if let Err(broken) = self.engine.check_invariants() {
+            panic!("invariant broken: {broken}");
+        }
+    }
+
+    fn feed(&mut self, key: usize, bytes: &[u8]) {
+        let mut bytes = bytes.to_vec();
+        self.engine.handle_bytes(key, &mut bytes, self.now);
+        self.turn();
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        self.turn();
+    }
+
+    /// A connection upgraded to WebSocket, its 101 read.
+    fn open(&mut self) -> usize {
+        let key = self.engine.handle_accept(LOCAL, self.now);
+        self.feed(key, UPGRADE);
+        let head = self.written.remove(&key).unwrap_or_default();
+        assert!(head.starts_with(b"HTTP/1.1 101 "));
+        key
+    }
+
+    fn text(&mut self, key: usize, json: &str) {
+        self.feed(
+            key,
+            &client_frame(OpCode::Text, json.as_bytes(), [1, 2, 3, 4]),
+        );
+    }
+
+    fn joined(&mut self, name: &str) -> usize {
+        let key = self.open();
+        self.text(key, &format!(r#"{{"type":"join","user":"{name}"}}"#));
+        assert!(self.engine.is_member(key));
+        key
+    }
+
+    /// The frames written to `key` since last asked: (first byte, payload).
+    fn frames(&mut self, key: usize) -> Vec<(u8, Vec<u8>)> {
+        let bytes = self.written.remove(&key).unwrap_or_default();
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let (header, len) = frame::parse_header(&bytes[at..], Role::Client)
+                .expect("a valid server frame")
+                .expect("a whole frame");
+            let end = at + len + header.payload_len as usize;
+            frames.push((bytes[at], bytes[at + len..end].to_vec()));
+            at = end;
+        }
+        frames
+    }
+
+    fn texts(&mut self, key: usize) -> Vec<serde_json::Value> {
+        self.frames(key)
+            .into_iter()
+            .filter(|(first, _)| *first == 0x81)
+            .map(|(_, payload)| serde_json::from_slice(&payload).expect("JSON"))
+            .collect()
+    }
+}
+
+fn close_code(frame: &(u8, Vec<u8>)) -> Option<u16> {
+    (frame.0 == 0x88).then(|| u16::from_be_bytes([frame.1[0], frame.1[1]]))
+}
+
+#[test]
+fn a_chat_reaches_every_other_member_stamped_once() {
+    let mut d = Driver::new(&[]);
+    let (a, b, c) = (d.joined("a"), d.joined("b"), d.joined("c"));
+    let lurker = d.open();
+    d.text(a, r#"{"type":"chat","user":"mallory","text":"hi","ts":1}"#);
+    for key in [b, c] {
+        let got = d.texts(key);
+        assert_eq!(
+            got,
+            [serde_json::json!({"type":"chat","room":"public","user":"a","text":"hi","ts":1})]
+        );
+    }
+    assert!(d.texts(a).is_empty() && d.texts(lurker).is_empty());
+    assert_eq!(
+        (d.engine.stats().chats_relayed, d.engine.stats().deliveries),
+        (1, 2)
+    );
+    assert_eq!(d.published, 1);
+}
+
+#[test]
+fn pongs_to_an_unread_ping_flood_replace_each_other() {
+    let mut d = Driver::new(&[]);
+    let key = d.open();
+    d.blocked.push(key);
+    let mut flood = Vec::new();
+    for i in 0..10_000u32 {
+        flood.extend(client_frame(OpCode::Ping, &i.to_be_bytes(), [9, 9, 9, 9]));
+    }
+    for chunk in flood.chunks(1000) {
+        d.feed(key, chunk);
+    }
+    // One pong waits, charged its bytes and its allocation.
+    assert!(d.engine.memory(key) < 1024, "{}", d.engine.memory(key));
+    d.blocked.clear();
+    d.engine.handle_writable(key);
+    d.turn();
+    assert_eq!(d.frames(key), [(0x8A, 9_999u32.to_be_bytes().to_vec())]);
+}
+
+#[test]
+fn a_json_ping_flood_is_held_off_by_backpressure() {
+    let mut d = Driver::new(&["--max-backlog", "4096"]);
+    let key = d.open();
+    d.blocked.push(key);
+    let ping = client_frame(OpCode::Text, br#"{"type":"ping","ts":1}"#, [1, 1, 1, 1]);
+    let mut stream = ping.iter().copied().cycle();
+    let mut fed = 0;
+    let mut rounds = 0;
+    while d.engine.read_limit(key) > 0 {
+        // The driver reads at most what the engine allows.
+        let flood: Vec<u8> = stream.by_ref().take(d.engine.read_limit(key)).collect();
+        d.feed(key, &flood);
+        fed += flood.len();
+        rounds += 1;
+        assert!(rounds < 1000, "reading never paused");
+    }
+    assert!(d.engine.memory(key) <= d.engine.memory_bound());
+    assert_eq!(d.engine.stats().read_pauses, 1);
+    // Once the replies drain, reading resumes, and every ping got its pong.
+    d.blocked.clear();
+    d.engine.handle_writable(key);
+    d.turn();
+    assert_eq!(d.resumed, [key]);
+    assert!(d.engine.read_limit(key) > 0);
+    let pongs = d.texts(key);
+    assert_eq!(pongs.len(), fed / ping.len());
+    assert!(
+        pongs
+            .iter()
+            .all(|p| *p == serde_json::json!({"type":"pong","ts":1}))
+    );
+}
+
+#[test]
+fn while_closing_pings_are_answered_and_the_peers_close_ends_it() {
+    let mut d = Driver::new(&[]);
+    let key = d.joined("leaving");
+    d.text(key, r#"{"type":"leave"}"#);
+    let frames = d.frames(key);
+    assert_eq!(
+        frames.iter().filter_map(close_code).collect::<Vec<_>>(),
+        [1000]
+    );
+    assert!(!d.engine.is_member(key));
+    d.feed(key, &client_frame(OpCode::Ping, b"still?", [5, 5, 5, 5]));
+    assert_eq!(d.frames(key), [(0x8A, b"still?".to_vec())]);
+    d.feed(
+        key,
+        &client_frame(OpCode::Close, &1000u16.to_be_bytes(), [5, 5, 5, 5]),
+    );
+    // Nothing more is sent; the write side is shut after our last byte.
+    assert!(d.frames(key).is_empty());
+    assert_eq!(d.shut, [key]);
+    d.engine.handle_eof(key);
+    d.turn();
+    assert_eq!(d.closed, [key]);
+}
+
+#[test]
+fn a_slow_consumer_is_closed_and_leaves_the_room() {
+    let mut d = Driver::new(&["--max-backlog", "2048"]);
+    let talker = d.joined("talker");
+    let stalled = d.joined("stalled");
+    let calm = d.joined("calm");
+    d.blocked.push(stalled);
+    let text = "x".repeat(400);
+    for i in 0..10 {
+        d.now += 100;
+        d.text(
+            talker,
+            &format!(r#"{{"type":"chat","text":"{text}","ts":{i}}}"#),
+        );
+    }
+    assert_eq!(d.texts(calm).len(), 10);
+    assert_eq!(d.engine.stats().slow_consumer_closes, 1);
+    assert!(!d.engine.is_member(stalled));
+    // It never answers: dropped when the close wait ends, and counted.
+    d.advance(CLOSE_WAIT_MS);
+    assert_eq!(d.closed, [stalled]);
+    assert_eq!(d.engine.stats().close_timeouts, 1);
+}
+
+#[test]
+fn a_silent_client_is_pinged_then_closed_and_dropped() {
+    let mut d = Driver::new(&["--ping-interval", "1", "--pong-timeout", "3"]);
+    let key = d.joined("mute");
+    d.advance(1_000);
+    assert_eq!(d.frames(key), [(0x89, vec![])]);
+    d.advance(2_000);
+    let frames = d.frames(key);
+    assert_eq!(
+        frames.iter().filter_map(close_code).collect::<Vec<_>>(),
+        [1001]
+    );
+    assert_eq!(d.closed, [key]);
+    assert_eq!(d.engine.stats().keepalive_timeouts, 1);
+}
+
+#[test]
+fn shutdown_stops_listening_closes_everyone_and_ends() {
+    let mut d = Driver::new(&[]);
+    let a = d.joined("a");
+    let b = d.joined("b");
+    let half = d.engine.handle_accept(LOCAL, d.now);
+    d.engine.handle_shutdown(d.now);
+    d.turn();
+    assert!(!d.listening && !d.engine.accepting());
+    assert_eq!(d.closed, [half]);
+    for key in [a, b] {
+        let codes: Vec<u16> = d.frames(key).iter().filter_map(close_code).collect();
+        assert_eq!(codes, [1001]);
+    }
+    assert_eq!(d.engine.stats().closed_by_shutdown, 2);
+    d.feed(
+        a,
+        &client_frame(OpCode::Close, &1001u16.to_be_bytes(), [1; 4]),
+    );
+    d.engine.handle_eof(a);
+    d.turn();
+    assert!(!d.engine.is_finished(d.now));
+    d.advance(SHUTDOWN_GRACE_MS);
+    assert!(d.engine.is_finished(d.now));
+}
+
+#[test]
+fn a_key_is_reused_only_after_the_driver_takes_its_close() {
+    let mut d = Driver::new(&[]);
+    let key = d.open();
+    d.feed(key, &client_frame(OpCode::Binary, &[0; 4], [0; 4])[..2]);
+    d.engine.handle_io_error(key);
+    // Not yet polled: the slot is still taken.
+    let other = d.engine.handle_accept(LOCAL, d.now);
+    assert_ne!(other, key);
+    assert_eq!(d.engine.poll_action(), Some(Action::Close(key)));
+    assert_eq!(d.engine.handle_accept(LOCAL, d.now), key);
+}
+
+#[test]
+fn a_request_head_is_read_no_further_than_its_limit() {
+    let mut d = Driver::new(&[]);
+    let key = d.engine.handle_accept(LOCAL, d.now);
+    assert_eq!(d.engine.read_limit(key), MAX_HEAD + 1);
+    d.feed(key, b"GET /ws HTTP/1.1\r\nX: ");
+    let limit = d.engine.read_limit(key);
+    d.feed(key, &vec![b'a'; limit]);
+    let answer = d.written.remove(&key).unwrap_or_default();
+    assert!(answer.starts_with(b"HTTP/1.1 431 "));
+    assert_eq!(d.engine.stats().http_head_too_large, 1);
+}

@@ -1,0 +1,1078 @@
+//! Deterministic simulation of the server's engine: many clients, no sockets,
+//! no sleeping, one seed.
+//!
+//! The engine (`websocket_public_chat::engine`) runs as in the server, but
+//! its driver is this harness: every connection is a pair of in-memory pipes
+//! with a capacity, so a client that stops reading fills its pipe and the
+//! backpressure and slow-consumer paths run for real. One `Source` of
+//! numbers decides everything (who connects, what each client says, how
+//! every byte stream is split, how fast each reader is, when time moves and
+//! by how much, when the server shuts down); a seeded PRNG in the tests, the
+//! fuzzer's input in `fuzz/fuzz_targets/simulation.rs`. There are no
+//! threads, no clock and no hash-ordered maps, so a seed replays exactly.
+//!
+//! Clients are `tungstenite` (an independent WebSocket implementation) over
+//! the pipes, plus raw hostile clients sending malformed and oversized
+//! frames, floods of control frames and garbage. After every step the
+//! engine's own invariants are checked, and the harness checks what clients
+//! saw: at the end, every member received every chat relayed while it was a
+//! member, exactly once, in order, never its own, unless the server closed
+//! it for a counted reason (then a prefix of them); every close the server
+//! started ended in a close frame then a FIN, or in a counted timeout.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+
+use tungstenite::handshake::client::ClientHandshake;
+use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::{Message, WebSocket};
+use websocket_public_chat::config::Config;
+use websocket_public_chat::engine::stats::Counters;
+use websocket_public_chat::engine::{Action, Engine};
+use websocket_public_chat::websocket::frame::{self, OpCode, Role};
+
+/// Events kept for a failure report.
+const HISTORY: usize = 60;
+
+// ---- Randomness ----------------------------------------------------------
+
+/// Where the simulation's choices come from.
+pub trait Source {
+    /// A number below `n` (n ≥ 1), or `None` when the source is used up.
+    fn below(&mut self, n: u64) -> Option<u64>;
+}
+
+/// SplitMix64: small, fast and fully determined by its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+}
+
+impl Source for Rng {
+    fn below(&mut self, n: u64) -> Option<u64> {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Some((z ^ (z >> 31)) % n.max(1))
+    }
+}
+
+/// A fuzzer's input as a source: two bytes per choice, then the end.
+pub struct FuzzInput<'a>(pub &'a [u8]);
+
+impl Source for FuzzInput<'_> {
+    fn below(&mut self, n: u64) -> Option<u64> {
+        let [a, b, rest @ ..] = self.0 else {
+            return None;
+        };
+        self.0 = rest;
+        Some(u64::from(u16::from_le_bytes([*a, *b])) % n.max(1))
+    }
+}
+
+// ---- Pipes ---------------------------------------------------------------
+
+/// One direction of a simulated TCP connection.
+#[derive(Default)]
+struct Pipe {
+    bytes: VecDeque<u8>,
+    cap: usize,
+    /// The writer shut its side: a reader that has everything sees the end.
+    fin: bool,
+    /// The connection was reset: a reader sees an error once the bytes run out.
+    reset: bool,
+}
+
+impl Pipe {
+    fn room(&self) -> usize {
+        self.cap.saturating_sub(self.bytes.len())
+    }
+}
+
+/// Both directions: `up` from client to server, `down` from server to client.
+#[derive(Default)]
+struct Wire {
+    up: Pipe,
+    down: Pipe,
+    /// The server closed its socket: the client's writes fail.
+    server_closed: bool,
+}
+
+/// The client's end of a connection, for tungstenite.
+struct ClientEnd(Rc<RefCell<Wire>>);
+
+impl Read for ClientEnd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut wire = self.0.borrow_mut();
+        let down = &mut wire.down;
+        if down.bytes.is_empty() {
+            return match (down.reset, down.fin) {
+                (true, _) => Err(io::ErrorKind::ConnectionReset.into()),
+                (false, true) => Ok(0),
+                (false, false) => Err(io::ErrorKind::WouldBlock.into()),
+            };
+        }
+        let n = buf.len().min(down.bytes.len());
+        for (slot, byte) in buf.iter_mut().zip(down.bytes.drain(..n)) {
+            *slot = byte;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for ClientEnd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut wire = self.0.borrow_mut();
+        if wire.server_closed || wire.up.fin || wire.up.reset {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let n = buf.len().min(wire.up.room());
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        wire.up.bytes.extend(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+// ---- What the server wrote -------------------------------------------------
+
+/// Follows the bytes the server wrote to one connection: the HTTP answer,
+/// then frames, with the library's frame parser in client role.
+#[derive(Default)]
+struct Tap {
+    bytes: Vec<u8>,
+    /// The head is read; `true` if it was a 101 (frames follow).
+    upgraded: Option<bool>,
+    /// The server's close frame code (0 when it carried none).
+    close: Option<u16>,
+}
+
+impl Tap {
+    fn feed(&mut self, data: &[u8]) -> Result<(), String> {
+        self.bytes.extend_from_slice(data);
+        if self.upgraded.is_none() {
+            let Some(end) = self.bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return Ok(());
+            };
+            self.upgraded = Some(self.bytes.starts_with(b"HTTP/1.1 101 "));
+            self.bytes.drain(..end + 4);
+        }
+        if self.upgraded != Some(true) {
+            self.bytes.clear();
+            return Ok(());
+        }
+        loop {
+            let parsed = frame::parse_header(&self.bytes, Role::Client)
+                .map_err(|e| format!("the server sent a bad frame: {e:?}"))?;
+            let Some((header, len)) = parsed else {
+                return Ok(());
+            };
+            let end = len + header.payload_len as usize;
+            if self.bytes.len() < end {
+                return Ok(());
+            }
+            // After its close frame the server may still answer pings (RFC 6455
+            // §5.5.2), but sends no data and no second close (§5.5.1).
+            if self.close.is_some() && header.opcode != OpCode::Pong {
+                return Err(format!(
+                    "the server sent {:?} after its close frame",
+                    header.opcode
+                ));
+            }
+            if header.opcode == OpCode::Close {
+                let code = self
+                    .bytes
+                    .get(len..len + 2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]));
+                self.close = Some(code.unwrap_or(0));
+            }
+            self.bytes.drain(..end);
+        }
+    }
+}
+
+// ---- Clients -------------------------------------------------------------
+
+enum Peer {
+    /// tungstenite's opening handshake, waiting for the pipes.
+    Connecting(MidHandshake<ClientHandshake<ClientEnd>>),
+    Ws(Box<WebSocket<ClientEnd>>),
+    /// A hostile client writing bytes of its own.
+    Raw,
+    /// Disconnected, closed or failed: does nothing more.
+    Gone,
+}
+
+struct Client {
+    name: String,
+    key: usize,
+    wire: Rc<RefCell<Wire>>,
+    peer: Peer,
+    tap: Tap,
+    /// Chats are numbered per client: the text starts with `name:seq`.
+    seq: u32,
+    join_sent: bool,
+    /// Index into the log where membership began and ended.
+    member_since: Option<usize>,
+    member_until: Option<usize>,
+    /// Ids of the chats received, in order.
+    received: Vec<String>,
+    /// The close code tungstenite reported from the server.
+    saw_close: Option<u16>,
+    /// How many messages it reads when it reads.
+    reader_speed: u64,
+    /// Reads what it is sent (a client may stop for a while).
+    reading: bool,
+    /// Read everything from the start: what it got is checked for completeness.
+    attentive: bool,
+    /// What it received is checked (tungstenite clients; raw ones discard).
+    checked: bool,
+    /// The engine closed the socket (`Action::Close`).
+    closed: bool,
+    /// The engine shut the write side before closing.
+    shut: bool,
+    eof_delivered: bool,
+}
+
+/// A chat the room accepted, in the order the engine relayed them.
+struct Relayed {
+    user: String,
+    /// `name:seq`, the start of its text.
+    id: String,
+}
+
+/// A chat's id: its text up to the padding.
+fn chat_id(text: &str) -> String {
+    text.split(' ').next().unwrap_or_default().to_string()
+}
+
+/// The simulation's knobs.
+pub struct Settings {
+    /// Server flags, as on the command line.
+    pub flags: Vec<String>,
+    /// Most clients at once.
+    pub max_clients: usize,
+    /// Random steps before the drain.
+    pub steps: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let flags = [
+            "--max-message-size",
+            "4096",
+            "--max-backlog",
+            "4096",
+            "--ping-interval",
+            "5",
+            "--pong-timeout",
+            "10",
+            "--handshake-timeout",
+            "3",
+        ];
+        Self {
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            max_clients: 24,
+            steps: 800,
+        }
+    }
+}
+
+/// What a run did, for the test's summary.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub clients: usize,
+    /// Chats relayed (local and from the backplane).
+    pub chats: usize,
+    /// Members whose chats were checked to be complete.
+    pub checked_exactly: usize,
+    /// Members checked to have a gapless start of them (closed or not reading).
+    pub checked_prefix: usize,
+    /// Whether the server was shut down during the run.
+    pub shutdown: bool,
+    /// The engine's counters at the end.
+    pub counters: Counters,
+}
+
+/// Runs one simulation; `Err` says what broke, with the last events.
+pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, String> {
+    let args = std::iter::once("sim".to_string()).chain(settings.flags.iter().cloned());
+    let config = Config::from_args(args).map_err(|e| format!("bad flags: {e}"))?;
+    let mut sim = Sim {
+        engine: Engine::new(config, settings.max_clients * 2, true, 0),
+        now: 0,
+        clients: Vec::new(),
+        by_key: BTreeMap::new(),
+        log: Vec::new(),
+        history: VecDeque::new(),
+        listening: true,
+        remote_seq: 0,
+        unexplained_closes: 0,
+        finished: false,
+        max_clients: settings.max_clients,
+    };
+    let outcome = sim
+        .steps(source, settings.steps)
+        .and_then(|()| sim.drain())
+        .and_then(|()| sim.verify());
+    outcome.map_err(|why| {
+        let events: Vec<&str> = sim.history.iter().map(String::as_str).collect();
+        format!(
+            "{why}\nlast events (oldest first):\n  {}",
+            events.join("\n  ")
+        )
+    })
+}
+
+struct Sim {
+    engine: Engine,
+    now: u64,
+    clients: Vec<Client>,
+    /// Live engine keys → index in `clients`.
+    by_key: BTreeMap<usize, usize>,
+    log: Vec<Relayed>,
+    history: VecDeque<String>,
+    listening: bool,
+    remote_seq: u32,
+    /// Closes after a server close frame without a FIN, to be explained by counters.
+    unexplained_closes: u64,
+    finished: bool,
+    max_clients: usize,
+}
+
+/// Counters that account for a connection closed without a clean end.
+fn unclean_budget(c: &Counters) -> u64 {
+    c.close_timeouts + c.keepalive_timeouts + c.linger_timeouts + c.dropped_without_close
+}
+
+impl Sim {
+    fn note(&mut self, event: String) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(format!("t={} {event}", self.now));
+    }
+
+    fn steps(&mut self, source: &mut impl Source, steps: usize) -> Result<(), String> {
+        for _ in 0..steps {
+            let Some(choice) = source.below(100) else {
+                return Ok(());
+            };
+            match choice {
+                0..=5 => self.connect(source),
+                6..=35 => self.act(source),
+                36..=55 => self.pump(source)?,
+                56..=65 => self.deliver(source),
+                66..=73 => self.client_read(source),
+                74..=80 => {
+                    self.turn(source)?;
+                    self.note("turn".into());
+                }
+                81..=90 => {
+                    let ms = match source.below(10) {
+                        Some(0) => source.below(4_000).unwrap_or(0),
+                        _ => source.below(150).unwrap_or(0),
+                    };
+                    self.now += ms;
+                    self.note(format!("time +{ms} ms"));
+                }
+                91..=94 => self.remote_chat(source),
+                95..=96 => self.disconnect(source),
+                _ => {
+                    if source.below(100) == Some(0) {
+                        self.note("shutdown".into());
+                        self.engine.handle_shutdown(self.now);
+                    }
+                }
+            }
+            self.after_call()?;
+            if self.engine.is_finished(self.now) {
+                self.finished = true;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// After every engine call: actions, membership, invariants.
+    fn after_call(&mut self) -> Result<(), String> {
+        while let Some(action) = self.engine.poll_action() {
+            self.carry_out(action)?;
+        }
+        for client in &mut self.clients {
+            let member = !client.closed && self.engine.is_member(client.key);
+            match (client.member_since, client.member_until, member) {
+                (None, _, true) => client.member_since = Some(self.log.len()),
+                (Some(_), None, false) => client.member_until = Some(self.log.len()),
+                (Some(_), Some(_), true) => {
+                    return Err(format!("{} joined twice on one connection", client.name));
+                }
+                _ => {}
+            }
+        }
+        self.engine
+            .check_invariants()
+            .map_err(|e| format!("engine invariant: {e}"))?;
+        let stats = self.engine.stats();
+        if stats.chats_relayed != self.log.len() as u64 {
+            return Err(format!(
+                "{} chats relayed by the counters, {} seen",
+                stats.chats_relayed,
+                self.log.len()
+            ));
+        }
+        if self.unexplained_closes > unclean_budget(stats) {
+            return Err(format!(
+                "{} closes after a close frame without a FIN, but the timeouts and drops counted are {}",
+                self.unexplained_closes,
+                unclean_budget(stats)
+            ));
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, action: Action) -> Result<(), String> {
+        match action {
+            Action::Publish(frame) => {
+                let (header, len) = frame::parse_header(&frame, Role::Client)
+                    .ok()
+                    .flatten()
+                    .ok_or("published a bad frame")?;
+                let json: serde_json::Value = serde_json::from_slice(&frame[len..])
+                    .map_err(|e| format!("published bad JSON: {e}"))?;
+                let (Some(user), Some(text)) = (json["user"].as_str(), json["text"].as_str())
+                else {
+                    return Err(format!("published {json} ({header:?})"));
+                };
+                self.log.push(Relayed {
+                    user: user.into(),
+                    id: chat_id(text),
+                });
+            }
+            Action::ShutdownWrite(key) => {
+                let index = self.client_of(key)?;
+                let client = &mut self.clients[index];
+                client.shut = true;
+                client.wire.borrow_mut().down.fin = true;
+            }
+            Action::Close(key) => {
+                let index = self.client_of(key)?;
+                self.by_key.remove(&key);
+                let client = &mut self.clients[index];
+                client.closed = true;
+                // The server's close must end in a FIN after it, unless the
+                // client left first or a timeout or drop was counted.
+                let client_left = client.eof_delivered || client.wire.borrow().up.reset;
+                if client.tap.close.is_some() && !client.shut && !client_left {
+                    self.unexplained_closes += 1;
+                }
+                let mut wire = client.wire.borrow_mut();
+                wire.server_closed = true;
+                // Unread input turns a close into a reset, as in TCP.
+                if wire.up.bytes.is_empty() {
+                    wire.down.fin = true;
+                } else {
+                    wire.down.reset = true;
+                }
+                drop(wire);
+                let name = client.name.clone();
+                self.note(format!("server closed {name}"));
+            }
+            Action::StopListening => self.listening = false,
+            Action::ResumeReading(_) | Action::ResumeAccepting => {}
+        }
+        Ok(())
+    }
+
+    fn client_of(&self, key: usize) -> Result<usize, String> {
+        self.by_key
+            .get(&key)
+            .copied()
+            .ok_or_else(|| format!("an action for key {key}, which no client holds"))
+    }
+
+    fn live(&self) -> Vec<usize> {
+        self.by_key.values().copied().collect()
+    }
+
+    fn pick_live(&self, source: &mut impl Source) -> Option<usize> {
+        let live = self.live();
+        let at = source.below(live.len().max(1) as u64)? as usize;
+        live.get(at).copied()
+    }
+
+    // ---- Steps -----------------------------------------------------------
+
+    fn connect(&mut self, source: &mut impl Source) {
+        if !self.listening || self.by_key.len() >= self.max_clients {
+            return;
+        }
+        let ip = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + source.below(3).unwrap_or(0) as u8,
+        ));
+        let key = self.engine.handle_accept(ip, self.now);
+        let name = format!("c{}", self.clients.len());
+        let wire = Rc::new(RefCell::new(Wire::default()));
+        {
+            let mut w = wire.borrow_mut();
+            w.up.cap = 64 + source.below(16_384).unwrap_or(0) as usize;
+            w.down.cap = 64 + source.below(8_192).unwrap_or(0) as usize;
+        }
+        let raw = source.below(5) == Some(0);
+        let peer = if raw {
+            let request: &[u8] = match source.below(6) {
+                Some(0) => b"GET /stats HTTP/1.1\r\nHost: s\r\n\r\n",
+                Some(1) => b"GET /nope HTTP/1.1\r\n\r\n",
+                Some(2) => b"\x16\x03\x01garbage\r\n\r\n",
+                _ => b"GET /ws HTTP/1.1\r\nHost: s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            };
+            wire.borrow_mut().up.bytes.extend(request);
+            Peer::Raw
+        } else {
+            match tungstenite::client("ws://sim/ws", ClientEnd(Rc::clone(&wire))) {
+                Ok((ws, _)) => Peer::Ws(Box::new(ws)),
+                Err(HandshakeError::Interrupted(mid)) => Peer::Connecting(mid),
+                Err(HandshakeError::Failure(_)) => Peer::Gone,
+            }
+        };
+        self.by_key.insert(key, self.clients.len());
+        self.clients.push(Client {
+            name: name.clone(),
+            key,
+            wire,
+            peer,
+            tap: Tap::default(),
+            seq: 0,
+            join_sent: false,
+            member_since: None,
+            member_until: None,
+            received: Vec::new(),
+            saw_close: None,
+            reader_speed: 1 + source.below(20).unwrap_or(0),
+            reading: true,
+            attentive: true,
+            checked: !raw,
+            closed: false,
+            shut: false,
+            eof_delivered: false,
+        });
+        self.note(format!(
+            "{name} connects as key {key}{}",
+            if raw { " (raw)" } else { "" }
+        ));
+    }
+
+    /// A client says something.
+    fn act(&mut self, source: &mut impl Source) {
+        let Some(index) = self.pick_live(source) else {
+            return;
+        };
+        if matches!(self.clients[index].peer, Peer::Connecting(_)) {
+            return self.read_client(index, None);
+        }
+        let mut choice = source.below(100).unwrap_or(0);
+        let client = &mut self.clients[index];
+        // Most clients join before anything else.
+        if !client.join_sent && source.below(10).is_some_and(|n| n < 9) {
+            choice = 0;
+        }
+        client.join_sent |= choice < 15;
+        let note = match &mut client.peer {
+            Peer::Ws(ws) => ws_act(ws, client.name.as_str(), &mut client.seq, choice, source),
+            Peer::Raw => raw_act(&client.wire, &client.name, choice, source),
+            Peer::Connecting(_) | Peer::Gone => return,
+        };
+        match note.as_str() {
+            "stops reading" => {
+                client.reading = false;
+                client.attentive = false;
+            }
+            "resumes reading" => client.reading = true,
+            "goes silent" => {
+                client.reading = false;
+                client.attentive = false;
+                client.peer = Peer::Gone;
+            }
+            _ => {}
+        }
+        let name = client.name.clone();
+        self.note(format!("{name} {note}"));
+    }
+
+    /// One loop turn for everyone: the server reads what each client sent
+    /// (in a random split), flushes, and each client reads at its speed.
+    fn pump(&mut self, source: &mut impl Source) -> Result<(), String> {
+        for index in self.live() {
+            self.deliver_to(index, source);
+            self.after_call()?;
+        }
+        self.turn(source)?;
+        for index in 0..self.clients.len() {
+            self.read_client(index, None);
+        }
+        self.note("pump".into());
+        Ok(())
+    }
+
+    /// The server reads what a random client sent, in a random split.
+    fn deliver(&mut self, source: &mut impl Source) {
+        if let Some(index) = self.pick_live(source) {
+            self.deliver_to(index, source);
+        }
+    }
+
+    /// The server reads what a client sent, in a random split.
+    fn deliver_to(&mut self, index: usize, source: &mut impl Source) {
+        let key = self.clients[index].key;
+        let limit = self.engine.read_limit(key);
+        let mut wire = self.clients[index].wire.borrow_mut();
+        if wire.up.reset {
+            drop(wire);
+            self.engine.handle_io_error(key);
+            let name = self.clients[index].name.clone();
+            self.note(format!("{name}: reset read"));
+            return;
+        }
+        if wire.up.bytes.is_empty() {
+            let eof = wire.up.fin && !self.clients[index].eof_delivered;
+            drop(wire);
+            if eof {
+                self.clients[index].eof_delivered = true;
+                self.engine.handle_eof(key);
+                let name = self.clients[index].name.clone();
+                self.note(format!("{name}: FIN read"));
+            }
+            return;
+        }
+        if limit == 0 {
+            return;
+        }
+        let most = wire.up.bytes.len().min(limit) as u64;
+        let n = 1 + source.below(most).unwrap_or(most - 1) as usize;
+        let mut bytes: Vec<u8> = wire.up.bytes.drain(..n).collect();
+        drop(wire);
+        self.engine.handle_bytes(key, &mut bytes, self.now);
+        let name = self.clients[index].name.clone();
+        self.note(format!("{name}: server read {n} bytes"));
+    }
+
+    /// The end of a loop turn: timers, then every dirty connection flushed
+    /// as far as its pipe takes.
+    fn turn(&mut self, source: &mut impl Source) -> Result<(), String> {
+        self.engine.handle_timeout(self.now);
+        self.after_call()?;
+        while let Some(key) = self.engine.next_dirty() {
+            let index = self.client_of(key)?;
+            let wire = Rc::clone(&self.clients[index].wire);
+            // Sometimes the kernel takes less than there is room for.
+            let mut budget = match source.below(4) {
+                Some(0) => source.below(4096).unwrap_or(0) as usize,
+                _ => usize::MAX,
+            };
+            loop {
+                let room = wire.borrow().down.room().min(budget);
+                let mut slices = [IoSlice::new(&[]); 64];
+                let count = self.engine.transmit(key, &mut slices);
+                if count == 0 || room == 0 {
+                    break;
+                }
+                let mut taken = Vec::new();
+                for slice in &slices[..count] {
+                    let take = slice.len().min(room - taken.len());
+                    taken.extend_from_slice(&slice[..take]);
+                }
+                self.engine.handle_written(key, taken.len());
+                budget -= taken.len();
+                self.clients[index]
+                    .tap
+                    .feed(&taken)
+                    .map_err(|e| format!("{}: {e}", self.clients[index].name))?;
+                wire.borrow_mut().down.bytes.extend(taken);
+            }
+            self.engine.handle_flushed(key);
+        }
+        self.after_call()
+    }
+
+    /// A client reads what arrived, up to its speed.
+    fn client_read(&mut self, source: &mut impl Source) {
+        let Some(index) = self.pick_any(source) else {
+            return;
+        };
+        self.read_client(index, None);
+    }
+
+    fn pick_any(&self, source: &mut impl Source) -> Option<usize> {
+        let at = source.below(self.clients.len().max(1) as u64)? as usize;
+        (at < self.clients.len()).then_some(at)
+    }
+
+    /// Reads up to the client's speed, or everything with `all`.
+    fn read_client(&mut self, index: usize, all: Option<()>) {
+        let client = &mut self.clients[index];
+        if !client.reading {
+            return;
+        }
+        let speed = if all.is_some() {
+            u64::MAX
+        } else {
+            client.reader_speed
+        };
+        let mut events = Vec::new();
+        match &mut client.peer {
+            Peer::Connecting(_) => {
+                let Peer::Connecting(mid) = std::mem::replace(&mut client.peer, Peer::Gone) else {
+                    return;
+                };
+                client.peer = match mid.handshake() {
+                    Ok((ws, _)) => Peer::Ws(Box::new(ws)),
+                    Err(HandshakeError::Interrupted(mid)) => Peer::Connecting(mid),
+                    Err(HandshakeError::Failure(e)) => {
+                        events.push(format!("handshake failed: {e}"));
+                        Peer::Gone
+                    }
+                };
+            }
+            Peer::Ws(ws) => {
+                for _ in 0..speed {
+                    match ws.read() {
+                        Ok(Message::Text(text)) => {
+                            let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+                                events.push(format!("non-JSON text {text}"));
+                                continue;
+                            };
+                            if json["type"] == "chat"
+                                && let Some(text) = json["text"].as_str()
+                            {
+                                client.received.push(chat_id(text));
+                            }
+                        }
+                        Ok(Message::Close(frame)) => {
+                            client.saw_close = Some(frame.map_or(0, |f| u16::from(f.code)));
+                        }
+                        Ok(_) => {}
+                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                            let _ = ws.flush();
+                            break;
+                        }
+                        Err(e) => {
+                            // Done with the connection: the client closes its socket.
+                            events.push(format!("ends: {e}"));
+                            client.peer = Peer::Gone;
+                            client.wire.borrow_mut().up.fin = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Peer::Raw => {
+                // Hostile clients read and discard (the tap has checked the bytes).
+                client.wire.borrow_mut().down.bytes.clear();
+            }
+            Peer::Gone => {}
+        }
+        let name = client.name.clone();
+        for event in events {
+            self.note(format!("{name} {event}"));
+        }
+    }
+
+    /// A chat from another instance arrives through the backplane.
+    fn remote_chat(&mut self, source: &mut impl Source) {
+        self.remote_seq += 1;
+        let text = format!("remote:{}", self.remote_seq);
+        let pad = "r".repeat(source.below(300).unwrap_or(0) as usize);
+        let json =
+            format!(r#"{{"type":"chat","room":"public","user":"remote","text":"{text} {pad}"}}"#);
+        self.log.push(Relayed {
+            user: "remote".into(),
+            id: text.clone(),
+        });
+        self.engine.handle_remote_chat(json.as_bytes(), self.now);
+        self.note(format!("remote chat {text}"));
+    }
+
+    /// A client vanishes: a FIN or a reset, without a close frame.
+    fn disconnect(&mut self, source: &mut impl Source) {
+        let Some(index) = self.pick_live(source) else {
+            return;
+        };
+        let reset = source.below(2) == Some(0);
+        let client = &mut self.clients[index];
+        client.reading = false;
+        client.attentive = false;
+        client.peer = Peer::Gone;
+        {
+            let mut wire = client.wire.borrow_mut();
+            if reset {
+                wire.up.reset = true;
+            } else {
+                wire.up.fin = true;
+            }
+        }
+        let name = client.name.clone();
+        self.note(format!(
+            "{name} disconnects ({})",
+            if reset { "reset" } else { "FIN" }
+        ));
+    }
+
+    // ---- The end ---------------------------------------------------------
+
+    /// Everyone still attentive reads and answers, every byte is delivered,
+    /// and time moves on until every close has ended.
+    fn drain(&mut self) -> Result<(), String> {
+        self.note("drain: everyone reads, every byte is delivered, time moves on".into());
+        for _ in 0..200 {
+            if self.finished {
+                return Ok(());
+            }
+            for index in 0..self.clients.len() {
+                self.read_client(index, Some(()));
+            }
+            for (key, index) in self.by_key.clone() {
+                let wire = Rc::clone(&self.clients[index].wire);
+                loop {
+                    let limit = self.engine.read_limit(key);
+                    let mut w = wire.borrow_mut();
+                    if w.up.reset {
+                        drop(w);
+                        self.engine.handle_io_error(key);
+                        break;
+                    }
+                    if w.up.bytes.is_empty() || limit == 0 {
+                        let eof = w.up.fin && w.up.bytes.is_empty();
+                        drop(w);
+                        if eof && !self.clients[index].eof_delivered {
+                            self.clients[index].eof_delivered = true;
+                            self.engine.handle_eof(key);
+                        }
+                        break;
+                    }
+                    let n = w.up.bytes.len().min(limit);
+                    let mut bytes: Vec<u8> = w.up.bytes.drain(..n).collect();
+                    drop(w);
+                    self.engine.handle_bytes(key, &mut bytes, self.now);
+                    self.after_call()?;
+                }
+                self.after_call()?;
+            }
+            self.turn(&mut Rng::new(0))?;
+            self.now += 100;
+            if self.engine.is_finished(self.now) {
+                self.finished = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// What every client saw, against the log of relayed chats.
+    fn verify(&self) -> Result<Report, String> {
+        let mut report = Report {
+            clients: self.clients.len(),
+            chats: self.log.len(),
+            ..Report::default()
+        };
+        let stats = self.engine.stats();
+        let mut slow = 0;
+        for client in &self.clients {
+            if client.tap.close.is_some() && !client.closed && !self.finished {
+                return Err(format!("{}: the server's close never ended", client.name));
+            }
+            let Some(since) = client.member_since else {
+                if !client.received.is_empty() {
+                    return Err(format!("{} got chats without joining", client.name));
+                }
+                continue;
+            };
+            let until = client.member_until.unwrap_or(self.log.len());
+            let expected: Vec<&str> = self.log[since..until]
+                .iter()
+                .filter(|chat| chat.user != client.name)
+                .map(|chat| chat.id.as_str())
+                .collect();
+            let got: Vec<&str> = client.received.iter().map(String::as_str).collect();
+            if got.len() > expected.len() || got != expected[..got.len()] {
+                return Err(format!(
+                    "{} got {got:?}, which is not the start of {expected:?}",
+                    client.name
+                ));
+            }
+            if client.saw_close == Some(1008) {
+                slow += 1;
+            }
+            // Everything before the server's close frame arrived before it, so a
+            // client that read up to it, or is still connected, has them all; a
+            // slow consumer's membership ended inside the call that relayed.
+            let drained = client.wire.borrow().down.bytes.is_empty();
+            let still_open = !client.closed && !self.finished && client.member_until.is_none();
+            let must_have_all = client.checked
+                && client.attentive
+                && drained
+                && (matches!(client.saw_close, Some(code) if code != 1008) || still_open);
+            if must_have_all {
+                if got.len() != expected.len() {
+                    return Err(format!(
+                        "{} got {} of {} chats: missing {:?}",
+                        client.name,
+                        got.len(),
+                        expected.len(),
+                        &expected[got.len()..]
+                    ));
+                }
+                report.checked_exactly += 1;
+            } else {
+                report.checked_prefix += 1;
+            }
+        }
+        if slow > stats.slow_consumer_closes {
+            return Err(format!(
+                "{slow} clients saw 1008, {} slow consumers counted",
+                stats.slow_consumer_closes
+            ));
+        }
+        report.counters = stats.clone();
+        report.shutdown = !self.listening;
+        Ok(report)
+    }
+}
+
+/// What a tungstenite client does; returns what it did.
+fn ws_act(
+    ws: &mut WebSocket<ClientEnd>,
+    name: &str,
+    seq: &mut u32,
+    choice: u64,
+    source: &mut impl Source,
+) -> String {
+    let chat = |ws: &mut WebSocket<ClientEnd>, seq: &mut u32, pad: usize| {
+        *seq += 1;
+        let text = format!("{name}:{seq} {}", "x".repeat(pad));
+        let json = serde_json::json!({"type": "chat", "text": text, "ts": *seq});
+        send(ws, Message::text(json.to_string()))
+    };
+    match choice {
+        0..=14 => {
+            let json = serde_json::json!({"type": "join", "user": name, "presence": choice.is_multiple_of(2)});
+            send(ws, Message::text(json.to_string()));
+            "joins".to_string()
+        }
+        15..=59 => {
+            let pad = source.below(600).unwrap_or(0) as usize;
+            chat(ws, seq, pad);
+            format!("chats #{seq}")
+        }
+        60..=64 => {
+            // Over the rate limit: the excess is dropped and counted.
+            for _ in 0..15 {
+                chat(ws, seq, 0);
+            }
+            format!("bursts to #{seq}")
+        }
+        65..=72 => {
+            send(ws, Message::text(r#"{"type":"ping","ts":1}"#));
+            "pings (JSON)".into()
+        }
+        73..=80 => {
+            send(ws, Message::Ping(vec![1, 2, 3].into()));
+            "pings".into()
+        }
+        81..=83 => {
+            send(ws, Message::text(r#"{"type":"leave"}"#));
+            "leaves".into()
+        }
+        84..=86 => {
+            let _ = ws.close(None);
+            let _ = ws.flush();
+            "closes".into()
+        }
+        87..=89 => {
+            send(ws, Message::text("x".repeat(5000)));
+            "sends a message over the limit".into()
+        }
+        90..=91 => "stops reading".into(),
+        92 => "resumes reading".into(),
+        93 => "goes silent".into(),
+        _ => {
+            send(ws, Message::text("{not json"));
+            "sends malformed JSON".into()
+        }
+    }
+}
+
+fn send(ws: &mut WebSocket<ClientEnd>, message: Message) {
+    // WouldBlock leaves the frame in tungstenite's buffer, sent by a later flush.
+    let _ = ws.send(message);
+}
+
+/// What a hostile client sends; returns what it did.
+fn raw_act(wire: &Rc<RefCell<Wire>>, name: &str, choice: u64, source: &mut impl Source) -> String {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let (bytes, what): (Vec<u8>, &str) = match choice {
+        0..=19 => {
+            let join = format!(r#"{{"type":"join","user":"{name}"}}"#);
+            (
+                frame::client_frame(OpCode::Text, join.as_bytes(), mask),
+                "joins",
+            )
+        }
+        20..=39 => {
+            let flood: Vec<u8> = (0..50u8)
+                .flat_map(|i| frame::client_frame(OpCode::Ping, &[i], mask))
+                .collect();
+            (flood, "floods pings")
+        }
+        40..=49 => {
+            // Unmasked: a protocol error.
+            (
+                frame::server_frame(OpCode::Text, &[b"hi"]),
+                "sends an unmasked frame",
+            )
+        }
+        50..=59 => (vec![0x81 | 0x40, 0x80, 0, 0, 0, 0], "sets RSV1"),
+        60..=69 => (
+            frame::client_frame(OpCode::Text, b"\xff\xfe", mask),
+            "sends invalid UTF-8",
+        ),
+        70..=79 => {
+            let mut header = vec![0x82, 0xFF];
+            header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+            header.extend_from_slice(&mask);
+            (header, "claims a huge frame")
+        }
+        80..=89 => {
+            let frame = frame::client_frame(OpCode::Text, b"{\"type\":\"ping\"}", mask);
+            let cut = 1 + source.below(frame.len() as u64 - 1).unwrap_or(0) as usize;
+            (frame[..cut].to_vec(), "sends half a frame")
+        }
+        _ => {
+            let garbage: Vec<u8> = (0..source.below(200).unwrap_or(0))
+                .map(|i| (i * 37 % 251) as u8)
+                .collect();
+            (garbage, "sends garbage")
+        }
+    };
+    let mut wire = wire.borrow_mut();
+    if !wire.up.fin && !wire.up.reset && !wire.server_closed {
+        let n = bytes.len().min(wire.up.room());
+        wire.up.bytes.extend(&bytes[..n]);
+    }
+    what.to_string()
+}
