@@ -875,12 +875,31 @@ impl Sim {
                 self.after_call()?;
             }
             self.turn(&mut Rng::new(0))?;
+            if self.settled() {
+                return Ok(());
+            }
             self.now += 100;
             if self.engine.is_finished(self.now) {
                 self.finished = true;
             }
         }
         Ok(())
+    }
+
+    /// Nothing left to move: every close the server started has ended, the
+    /// server has read what it may, and every reading client what it was sent.
+    fn settled(&self) -> bool {
+        self.clients.iter().all(|client| {
+            let wire = client.wire.borrow();
+            let live = !client.closed;
+            let closing = client.tap.close.is_some() && live;
+            let unread_up =
+                live && !wire.up.bytes.is_empty() && self.engine.read_limit(client.key) > 0;
+            let mut slot = [IoSlice::new(&[])];
+            let queued = self.engine.transmit(client.key, &mut slot) > 0;
+            let unread_down = live && client.reading && (queued || !wire.down.bytes.is_empty());
+            !closing && !unread_up && !unread_down
+        })
     }
 
     /// What every client saw, against the log of relayed chats.
