@@ -15,8 +15,8 @@ pub struct Config {
     #[arg(long, default_value = "0.0.0.0")]
     pub host: String,
 
-    /// Port to listen on (0 picks a free one; the chosen address is printed).
-    #[arg(long, default_value_t = 8080)]
+    /// Port to listen on, 0 to 65535 (0 picks a free one; the chosen address is printed).
+    #[arg(long, default_value_t = 8080, value_parser = in_range::<u16>(0, 65_535))]
     pub port: u16,
 
     /// Stop after this many seconds; 0 runs until SIGINT/SIGTERM.
@@ -37,20 +37,20 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
 
     /// Largest message accepted, in bytes (larger: close 1009); 1 to 1 GiB.
-    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = in_range(1, MAX_BYTES))]
+    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = in_range::<usize>(1, MAX_BYTES))]
     pub max_message_size: usize,
 
     /// Memory a connection's unsent frames may take, in bytes, before it counts
-    /// as a slow consumer (each frame counts its bytes plus 64); 1 KiB to 1 GiB.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = in_range(1024, MAX_BYTES))]
+    /// as a slow consumer (each frame counts its bytes plus 64); 16 KiB to 1 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = in_range::<usize>(MIN_BACKLOG, MAX_BYTES))]
     pub max_backlog: usize,
 
     /// Most simultaneous connections, 1 to 16777216 [default: what the open-file limit allows].
-    #[arg(long, value_name = "N", value_parser = in_range(1, MAX_CONNS))]
+    #[arg(long, value_name = "N", value_parser = in_range::<usize>(1, MAX_CONNS))]
     pub max_conns: Option<usize>,
 
     /// Most simultaneous connections from one IP address (more get 429); 0 = no limit.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = in_range::<u32>(0, u32::MAX as usize))]
     pub max_conns_per_ip: u32,
 
     /// Accept browser upgrades only from this Origin, e.g. https://chat.example.com
@@ -78,6 +78,9 @@ pub struct Config {
 
 /// Largest `--max-message-size` and `--max-backlog`: 1 GiB.
 const MAX_BYTES: usize = 1 << 30;
+/// Smallest `--max-backlog`: what one loop turn queues for a reader counts
+/// against it, so it must hold a burst of ordinary chats.
+const MIN_BACKLOG: usize = 16 << 10;
 /// Largest `--max-conns`: far more than any open-file limit, and keys fit in 32 bits.
 pub const MAX_CONNS: usize = 1 << 24;
 
@@ -100,6 +103,12 @@ impl Config {
                 return Err(line.strip_prefix("error: ").unwrap_or(line).to_string());
             }
         };
+        if config.redis.is_some() && !cfg!(feature = "redis") {
+            return Err(
+                "--redis needs a build with Redis support: cargo build --release --features redis"
+                    .into(),
+            );
+        }
         if config.pong_timeout_ms <= config.ping_interval_ms {
             return Err(format!(
                 "--pong-timeout ({} s) must be more than --ping-interval ({} s)",
@@ -112,10 +121,16 @@ impl Config {
 }
 
 /// A whole number from `min` to `max`.
-fn in_range(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
-    move |text| match text.parse::<usize>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!("must be a whole number from {min} to {max}")),
+fn in_range<T: TryFrom<usize>>(
+    min: usize,
+    max: usize,
+) -> impl Fn(&str) -> Result<T, String> + Clone {
+    move |text| {
+        text.parse::<usize>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| format!("must be a whole number from {min} to {max}"))
     }
 }
 
@@ -127,9 +142,15 @@ fn seconds(text: &str, min: f64, max: f64) -> Result<u64, String> {
     }
 }
 
-/// `--duration`: 0 (no end) to 10^9 seconds.
+/// `--duration`: 0 (no end), or 0.001 to 10^9 seconds.
 fn duration(text: &str) -> Result<u64, String> {
-    seconds(text, 0.0, 1e9)
+    match seconds(text, 0.0, 1e9)? {
+        // A time too short to count must not turn into "no end".
+        0 if text.parse::<f64>().is_ok_and(|secs| secs > 0.0) => {
+            Err("must be 0 (no end) or from 0.001 to 1000000000 seconds".into())
+        }
+        ms => Ok(ms),
+    }
 }
 
 /// Keepalive and handshake times: 10 ms to a day.
@@ -192,7 +213,7 @@ mod tests {
     fn nonsense_is_refused_in_one_line() {
         for args in [
             &["--max-backlog", "0"][..],
-            &["--max-backlog", "1023"],
+            &["--max-backlog", "16383"],
             &["--max-message-size", "0"],
             &["--max-message-size", "2000000000"],
             &["--max-conns", "0"],
@@ -201,12 +222,17 @@ mod tests {
             &["--ping-interval", "30", "--pong-timeout", "30"],
             &["--ping-interval", "70"],
             &["--handshake-timeout", "1e6"],
+            &["--duration", "0.0004"],
+            &["--port", "65536"],
+            &["--max-conns-per-ip", "-1"],
         ] {
             let all = std::iter::once("x").chain(args.iter().copied());
             let error = Config::from_args(all).expect_err(&format!("{args:?} accepted"));
             assert!(!error.contains('\n') && !error.is_empty(), "{error:?}");
         }
-        let ok = Config::from_args(["x", "--max-backlog", "1024", "--max-conns", "1"]).unwrap();
-        assert_eq!((ok.max_backlog, ok.max_conns), (1024, Some(1)));
+        let ok = Config::from_args(["x", "--max-backlog", "16384", "--max-conns", "1"]).unwrap();
+        assert_eq!((ok.max_backlog, ok.max_conns), (16384, Some(1)));
+        #[cfg(not(feature = "redis"))]
+        assert!(Config::from_args(["x", "--redis", "redis://127.0.0.1/"]).is_err());
     }
 }

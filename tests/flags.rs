@@ -22,6 +22,9 @@ fn nonsense_flags_are_refused_with_one_line_and_status_2() {
         &["--duration", "soon"],
         &["--port", "70000"],
         &["--no-such-flag"],
+        &["--duration", "0.0004"],
+        #[cfg(not(feature = "redis"))]
+        &["--redis", "redis://127.0.0.1:6379/"],
     ];
     for args in cases {
         let mut child = Command::new(server_binary())
@@ -55,7 +58,7 @@ fn nonsense_flags_are_refused_with_one_line_and_status_2() {
 fn the_edges_of_each_range_are_accepted() {
     let server = ServerProcess::start(&[
         "--max-backlog",
-        "1024",
+        "16384",
         "--max-message-size",
         "1",
         "--max-conns",

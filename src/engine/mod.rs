@@ -66,6 +66,8 @@ const ACCEPT_PAUSE_MS: u64 = 100;
 const SHUTDOWN_GRACE_MS: u64 = 2_000;
 /// Least time between two presence messages.
 const PRESENCE_INTERVAL_MS: u64 = 500;
+/// Stale timer entries tolerated beyond two per connection before a sweep.
+const STALE_TIMERS_SWEPT_AT: usize = 1024;
 /// Timer wheel: 512 slots of 100 ms, 51.2 s per turn.
 const WHEEL_SLOTS: usize = 512;
 const WHEEL_TICK_MS: u64 = 100;
@@ -323,6 +325,7 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        conn.outbox.set_blocked(!conn.outbox.is_empty());
         if conn.read_paused && conn.outbox.cost() < self.config.max_backlog {
             conn.read_paused = false;
             self.actions.push_back(Action::ResumeReading(key));
@@ -605,7 +608,7 @@ impl Engine {
             chat: ChatState::new(now),
         };
         self.stats.websocket_upgrades += 1;
-        self.send(key, response::switching_protocols(accept).into());
+        self.queue(key, response::switching_protocols(accept).into());
         self.set_timer(key, now + self.config.ping_interval_ms);
     }
 
@@ -616,7 +619,7 @@ impl Engine {
 
     /// Sends a whole HTTP response, then closes.
     fn respond(&mut self, key: usize, response: Rc<[u8]>, now: u64) {
-        self.send(key, response);
+        self.queue(key, response);
         self.drain(key, now);
     }
 
@@ -655,13 +658,13 @@ impl Engine {
     fn apply(&mut self, key: usize, reaction: Reaction, now: u64) {
         match reaction {
             Reaction::Nothing => {}
-            Reaction::Reply(frame) => self.send(key, frame.into()),
-            Reaction::Pong(frame) => self.send_pong(key, frame.into()),
+            Reaction::Reply(frame) => self.reply(key, frame.into()),
+            Reaction::Pong(frame) => self.reply_pong(key, frame.into()),
             Reaction::IgnoredBinary => self.stats.ignored_binary += 1,
             Reaction::PeerClosed { reply } => {
                 if let Some(reply) = reply {
                     self.stats.closed_by_client += 1;
-                    self.send(key, reply.into());
+                    self.queue(key, reply.into());
                 }
                 self.drain(key, now);
             }
@@ -673,7 +676,7 @@ impl Engine {
                 }
                 self.relay(Some(key), frame, now);
             }
-            Reaction::Chat(Outcome::Reply(frame)) => self.send(key, frame.into()),
+            Reaction::Chat(Outcome::Reply(frame)) => self.reply(key, frame.into()),
             Reaction::Chat(Outcome::Leave) => self.close(key, CloseCause::Leave, now),
             Reaction::Chat(Outcome::Keepalive) => {}
             Reaction::Chat(Outcome::RateLimited) => self.stats.rate_limited += 1,
@@ -699,7 +702,7 @@ impl Engine {
         if presence {
             // The newcomer learns the count at once; the others at the next presence tick.
             self.stats.presence_sent += 1;
-            self.send(key, protocol::presence_frame(self.room.len()).into());
+            self.queue(key, protocol::presence_frame(self.room.len()).into());
         }
     }
 
@@ -757,7 +760,7 @@ impl Engine {
             let frame = frame.get_or_insert_with(|| protocol::presence_frame(count).into());
             let frame = Rc::clone(frame);
             self.stats.presence_sent += 1;
-            self.send(key, frame);
+            self.queue(key, frame);
         }
     }
 
@@ -796,25 +799,34 @@ impl Engine {
 
     // ---- Output ----------------------------------------------------------
 
-    /// Queues a frame for one connection.
-    fn send(&mut self, key: usize, frame: Rc<[u8]>) {
+    /// Queues a frame the server sends on its own (a chat, a presence
+    /// count, a ping, a close frame, an HTTP answer).
+    fn queue(&mut self, key: usize, frame: Rc<[u8]>) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.outbox.push(frame);
-            self.after_queueing(key);
+            self.mark_dirty(key);
         }
     }
 
-    /// Queues a pong, replacing one that has not started to go out.
-    fn send_pong(&mut self, key: usize, frame: Rc<[u8]>) {
+    /// Queues an answer to something the peer asked (a JSON pong, an echo).
+    fn reply(&mut self, key: usize, frame: Rc<[u8]>) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.outbox.push(frame);
+            self.after_reply(key);
+        }
+    }
+
+    /// Queues the answer to a ping frame (it may replace one still waiting).
+    fn reply_pong(&mut self, key: usize, frame: Rc<[u8]>) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.outbox.push_pong(frame);
-            self.after_queueing(key);
+            self.after_reply(key);
         }
     }
 
     /// Our answers to this peer pile up (a flood of JSON pings, say): stop
     /// reading it until they drain.
-    fn after_queueing(&mut self, key: usize) {
+    fn after_reply(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key)
             && conn.outbox.cost() >= self.config.max_backlog
             && !conn.read_paused
@@ -860,11 +872,12 @@ impl Engine {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        *cause.counter(&mut self.stats) += 1;
-        // Only one close frame per connection: after ours (or theirs) nothing more is sent.
+        // Only one close frame per connection: after ours (or theirs) nothing
+        // more is sent, and nothing more is counted.
         let open = matches!(conn.phase, Phase::Open { .. });
         if open {
-            self.send(key, close::frame(cause.code(), cause.reason()).into());
+            *cause.counter(&mut self.stats) += 1;
+            self.queue(key, close::frame(cause.code(), cause.reason()).into());
         }
         match cause.after() {
             After::AwaitPeerClose if open => {
@@ -941,6 +954,19 @@ impl Engine {
             // Keys fit: `--max-conns` is capped far below u32::MAX.
             self.timers.insert(at, (key as u32, conn.id));
         }
+        // The wheel has no cancel: entries of past deadlines and gone
+        // connections wait in it until due, which with long timeouts and
+        // churn would be without bound. Each connection has one live entry,
+        // so once stale ones are most of the wheel they are swept out (the
+        // sweep costs no more than the inserts that made them).
+        if self.timers.len() > 2 * self.conns.len() + STALE_TIMERS_SWEPT_AT {
+            let conns = &self.conns;
+            self.timers.retain(|deadline, (key, id)| {
+                conns
+                    .get(key as usize)
+                    .is_some_and(|c| c.id == id && c.timer_at == deadline)
+            });
+        }
     }
 
     /// Acts on due timers. An entry is live only if its connection still has
@@ -990,7 +1016,7 @@ impl Engine {
             return self.close(key, CloseCause::KeepaliveTimeout, now);
         }
         let next = if silent >= self.config.ping_interval_ms {
-            self.send(key, Rc::clone(&self.ping));
+            self.queue(key, Rc::clone(&self.ping));
             last_heard + self.config.pong_timeout_ms
         } else {
             last_heard + self.config.ping_interval_ms

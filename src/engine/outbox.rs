@@ -6,8 +6,11 @@
 //!
 //! The queue is charged what it costs in memory, not only its bytes: each
 //! frame adds `FRAME_COST` for its allocation header, the allocator's rounding
-//! and its queue slot. A pong is never queued twice: RFC 6455 §5.5.3 allows
-//! answering only the latest ping, so a new pong replaces one still waiting.
+//! and its queue slot. While the socket refuses bytes (the peer is not
+//! reading), a new pong replaces a pong still waiting at the end of the
+//! queue: RFC 6455 §5.5.3 allows answering only the latest ping, so a flood
+//! of pings costs one pong. While the socket takes everything, every ping
+//! gets its own pong, in order (what clients and Autobahn's 2.10 expect).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -30,12 +33,12 @@ pub struct Outbox {
     front: Option<Rc<[u8]>>,
     /// Bytes of `front` already written.
     front_written: usize,
-    /// The pong waiting to go out right after `front`.
-    pong: Option<Rc<[u8]>>,
-    /// Frames behind those, allocated only when more than one waits.
+    /// Frames behind it, allocated only when more than one waits.
     rest: VecDeque<Rc<[u8]>>,
     /// What everything queued costs: unwritten bytes plus `FRAME_COST` per frame.
     cost: usize,
+    /// The last flush left bytes the socket did not take.
+    blocked: bool,
 }
 
 impl Outbox {
@@ -49,23 +52,28 @@ impl Outbox {
         }
     }
 
-    /// Queues a pong to go out as soon as the frame in progress is done,
-    /// replacing any pong that has not started to go out.
+    /// Queues a pong. While the socket is blocked, it replaces a pong that
+    /// waits, unstarted, at the end of the queue.
     pub fn push_pong(&mut self, pong: Rc<[u8]>) {
-        let unstarted_front = self.front_written == 0
-            && self
-                .front
-                .as_deref()
-                .is_some_and(|f| f.first() == Some(&PONG));
-        let slot = if self.front.is_none() || unstarted_front {
-            &mut self.front
-        } else {
-            &mut self.pong
+        let waiting = match self.rest.back_mut() {
+            Some(last) => Some(last),
+            None if self.front_written == 0 => self.front.as_mut(),
+            None => None,
         };
-        if let Some(old) = slot.replace(pong) {
-            self.cost -= old.len() + FRAME_COST;
+        if self.blocked
+            && let Some(last) = waiting
+            && last.first() == Some(&PONG)
+        {
+            self.cost = self.cost - last.len() + pong.len();
+            *last = pong;
+            return;
         }
-        self.cost += slot.as_deref().map_or(0, <[u8]>::len) + FRAME_COST;
+        self.push(pong);
+    }
+
+    /// Records how a flush ended: `blocked` if the socket left bytes queued.
+    pub fn set_blocked(&mut self, blocked: bool) {
+        self.blocked = blocked;
     }
 
     /// What the queue costs in memory (its backlog for `--max-backlog`).
@@ -92,7 +100,6 @@ impl Outbox {
         };
         let queued = [&front[self.front_written..]]
             .into_iter()
-            .chain(self.pong.as_deref())
             .chain(self.rest.iter().map(|f| &f[..]));
         let mut count = 0;
         for (slot, bytes) in out.iter_mut().zip(queued) {
@@ -114,8 +121,7 @@ impl Outbox {
             written -= left;
             self.cost -= left + FRAME_COST;
             self.front_written = 0;
-            // The waiting pong goes next, ahead of the queue.
-            self.front = self.pong.take().or_else(|| self.rest.pop_front());
+            self.front = self.rest.pop_front();
         }
     }
 }
@@ -178,28 +184,37 @@ mod tests {
     }
 
     #[test]
-    fn one_pong_waits_at_a_time_and_goes_out_next() {
+    fn pongs_replace_each_other_only_while_the_socket_is_blocked() {
         let pong = |n: u8| -> Rc<[u8]> { Rc::from(vec![PONG, 1, n]) };
         let mut out = Outbox::default();
-        // Alone: the pong is the front; a newer one replaces it while unsent.
+        // The socket takes everything: each ping gets its own pong.
         out.push_pong(pong(1));
         out.push_pong(pong(2));
-        assert_eq!(out.cost(), 3 + FRAME_COST);
+        assert_eq!(out.cost(), 2 * (3 + FRAME_COST));
+        // Blocked: a new pong replaces the one waiting at the end, even the first.
+        out.set_blocked(true);
+        out.push_pong(pong(3));
+        assert_eq!(out.cost(), 2 * (3 + FRAME_COST));
         out.push(Rc::from(&b"chat"[..]));
-        // Behind a frame that started going out, a pong waits in its slot.
-        out.advance(1);
-        out.push(Rc::from(&b"later"[..]));
-        for n in 3..100 {
+        for n in 4..100 {
             out.push_pong(pong(n));
         }
-        assert_eq!(out.cost(), 2 + 3 + 4 + 5 + 4 * FRAME_COST);
+        assert_eq!(out.cost(), 3 + 3 + 4 + 3 + 4 * FRAME_COST);
         let mut got = Vec::new();
         drain(&mut out, 1, &mut got);
         assert_eq!(
             got,
-            [&[1, 2][..], &[PONG, 1, 99], b"chat", b"later"].concat()
+            [&[PONG, 1, 1][..], &[PONG, 1, 3], b"chat", &[PONG, 1, 99]].concat()
         );
-        assert_eq!(out.cost(), 0);
+        // A pong that started going out is never replaced.
+        let mut out = Outbox::default();
+        out.set_blocked(true);
+        out.push_pong(pong(1));
+        out.advance(1);
+        out.push_pong(pong(2));
+        let mut got = Vec::new();
+        drain(&mut out, 64, &mut got);
+        assert_eq!(got, [&[1, 1][..], &[PONG, 1, 2]].concat());
     }
 
     #[test]

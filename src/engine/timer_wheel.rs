@@ -57,6 +57,24 @@ impl<T: Copy> TimerWheel<T> {
         self.next_tick = self.next_tick.max(last + 1);
     }
 
+    /// Entries in the wheel, stale ones included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the wheel holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps only the entries for which `keep(deadline, value)` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, T) -> bool) {
+        for slot in &mut self.slots {
+            slot.retain(|&(deadline, value)| keep(deadline, value));
+        }
+        self.len = self.slots.iter().map(Vec::len).sum();
+    }
+
     /// When `expire` next has work: the start of the earliest non-empty tick.
     ///
     /// May be early for entries a full turn or more away (they are then
@@ -122,6 +140,21 @@ mod tests {
         assert_eq!(fired, (0..100).collect::<Vec<u32>>());
         assert_eq!(w.len, 1);
         assert_eq!(fire(&mut w, 100_000), vec![999]);
+    }
+
+    #[test]
+    fn retain_drops_what_it_is_told_to() {
+        let mut w = TimerWheel::new(8, 100, 0);
+        for i in 0..100u32 {
+            w.insert(u64::from(i) * 50, i);
+        }
+        w.retain(|_, v| v % 10 == 0);
+        assert_eq!(w.len(), 10);
+        assert_eq!(
+            fire(&mut w, 10_000),
+            (0..100).step_by(10).collect::<Vec<u32>>()
+        );
+        assert!(w.is_empty());
     }
 
     #[test]

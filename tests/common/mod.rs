@@ -108,11 +108,20 @@ impl ServerProcess {
         (status, rest)
     }
 
-    /// GET /stats, parsed.
+    /// GET /stats, parsed. A 503 (the server at `--max-conns`, say while
+    /// closed connections are still on their way out) is retried, as its
+    /// `Retry-After` asks.
     pub fn stats(&self) -> Value {
-        let (status, _, body) = http_get(self.addr, "/stats");
-        assert_eq!(status, 200);
-        serde_json::from_str(&body).expect("stats JSON")
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (status, _, body) = http_get(self.addr, "/stats");
+            if status == 503 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            assert_eq!(status, 200);
+            return serde_json::from_str(&body).expect("stats JSON");
+        }
     }
 
     /// Polls /stats until `counter` reaches `at_least` (bounded); returns its value.

@@ -36,6 +36,10 @@ use websocket_public_chat::websocket::frame::{self, OpCode, Role};
 
 /// Events kept for a failure report.
 const HISTORY: usize = 60;
+/// A valid upgrade request, for the raw clients.
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 // ---- Randomness ----------------------------------------------------------
 
@@ -158,6 +162,8 @@ struct Tap {
     upgraded: Option<bool>,
     /// The server's close frame code (0 when it carried none).
     close: Option<u16>,
+    /// The highest 4-byte payload of a pong the server sent.
+    max_pong: Option<u32>,
 }
 
 impl Tap {
@@ -199,6 +205,11 @@ impl Tap {
                     .map(|c| u16::from_be_bytes([c[0], c[1]]));
                 self.close = Some(code.unwrap_or(0));
             }
+            if header.opcode == OpCode::Pong
+                && let Ok(id) = <[u8; 4]>::try_from(&self.bytes[len..end])
+            {
+                self.max_pong = self.max_pong.max(Some(u32::from_be_bytes(id)));
+            }
             self.bytes.drain(..end);
         }
     }
@@ -212,8 +223,20 @@ enum Peer {
     Ws(Box<WebSocket<ClientEnd>>),
     /// A hostile client writing bytes of its own.
     Raw,
+    /// A raw client that pings with numbered payloads, leaves, keeps pinging
+    /// while the server waits for its close, then answers the close.
+    Pinger(Pinger),
     /// Disconnected, closed or failed: does nothing more.
     Gone,
+}
+
+#[derive(Default)]
+struct Pinger {
+    /// The last ping id written whole into the pipe.
+    sent: Option<u32>,
+    left: bool,
+    /// The last ping id written before our close frame, once it is written.
+    closed_after: Option<Option<u32>>,
 }
 
 struct Client {
@@ -275,7 +298,7 @@ impl Default for Settings {
             "--max-message-size",
             "4096",
             "--max-backlog",
-            "4096",
+            "16384",
             "--ping-interval",
             "5",
             "--pong-timeout",
@@ -323,6 +346,7 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
         unexplained_closes: 0,
         finished: false,
         max_clients: settings.max_clients,
+        shutdown_requested: false,
     };
     let outcome = sim
         .steps(source, settings.steps)
@@ -351,6 +375,7 @@ struct Sim {
     unexplained_closes: u64,
     finished: bool,
     max_clients: usize,
+    shutdown_requested: bool,
 }
 
 /// Counters that account for a connection closed without a clean end.
@@ -394,6 +419,7 @@ impl Sim {
                 _ => {
                     if source.below(100) == Some(0) {
                         self.note("shutdown".into());
+                        self.shutdown_requested = true;
                         self.engine.handle_shutdown(self.now);
                     }
                 }
@@ -433,6 +459,9 @@ impl Sim {
                 stats.chats_relayed,
                 self.log.len()
             ));
+        }
+        if self.shutdown_requested && self.listening {
+            return Err("shutdown began, but the listener is still open".into());
         }
         if self.unexplained_closes > unclean_budget(stats) {
             return Err(format!(
@@ -532,16 +561,19 @@ impl Sim {
         {
             let mut w = wire.borrow_mut();
             w.up.cap = 64 + source.below(16_384).unwrap_or(0) as usize;
-            w.down.cap = 64 + source.below(8_192).unwrap_or(0) as usize;
+            w.down.cap = 64 + source.below(4_096).unwrap_or(0) as usize;
         }
         let raw = source.below(5) == Some(0);
-        let peer = if raw {
+        let pinger = source.below(6) == Some(0);
+        let peer = if pinger {
+            wire.borrow_mut().up.bytes.extend(UPGRADE);
+            Peer::Pinger(Pinger::default())
+        } else if raw {
             let request: &[u8] = match source.below(6) {
                 Some(0) => b"GET /stats HTTP/1.1\r\nHost: s\r\n\r\n",
                 Some(1) => b"GET /nope HTTP/1.1\r\n\r\n",
                 Some(2) => b"\x16\x03\x01garbage\r\n\r\n",
-                _ => b"GET /ws HTTP/1.1\r\nHost: s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                _ => UPGRADE,
             };
             wire.borrow_mut().up.bytes.extend(request);
             Peer::Raw
@@ -568,7 +600,7 @@ impl Sim {
             reader_speed: 1 + source.below(20).unwrap_or(0),
             reading: true,
             attentive: true,
-            checked: !raw,
+            checked: !raw && !pinger,
             closed: false,
             shut: false,
             eof_delivered: false,
@@ -597,6 +629,9 @@ impl Sim {
         let note = match &mut client.peer {
             Peer::Ws(ws) => ws_act(ws, client.name.as_str(), &mut client.seq, choice, source),
             Peer::Raw => raw_act(&client.wire, &client.name, choice, source),
+            Peer::Pinger(pinger) => {
+                pinger_act(pinger, &client.wire, &client.tap, &client.name, choice)
+            }
             Peer::Connecting(_) | Peer::Gone => return,
         };
         match note.as_str() {
@@ -708,7 +743,32 @@ impl Sim {
             }
             self.engine.handle_flushed(key);
         }
+        self.check_queues()?;
         self.after_call()
+    }
+
+    /// What each connection's queue really holds, counted from the frames
+    /// the engine offers (not from what it charges), against its bound.
+    fn check_queues(&self) -> Result<(), String> {
+        for (&key, &index) in &self.by_key {
+            let mut few = [IoSlice::new(&[]); 64];
+            let mut count = self.engine.transmit(key, &mut few);
+            let mut bytes: usize = few[..count].iter().map(|s| s.len()).sum();
+            if count == few.len() {
+                let mut many = vec![IoSlice::new(&[]); 1 << 14];
+                count = self.engine.transmit(key, &mut many);
+                bytes = many[..count].iter().map(|s| s.len()).sum();
+            }
+            let real = bytes + count * 64;
+            if real > self.engine.memory_bound() {
+                return Err(format!(
+                    "{}: {count} frames, {bytes} bytes queued, over the bound of {}",
+                    self.clients[index].name,
+                    self.engine.memory_bound()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A client reads what arrived, up to its speed.
@@ -782,8 +842,8 @@ impl Sim {
                     }
                 }
             }
-            Peer::Raw => {
-                // Hostile clients read and discard (the tap has checked the bytes).
+            Peer::Raw | Peer::Pinger(_) => {
+                // Raw clients read and discard (the tap has checked the bytes).
                 client.wire.borrow_mut().down.bytes.clear();
             }
             Peer::Gone => {}
@@ -915,6 +975,19 @@ impl Sim {
             if client.tap.close.is_some() && !client.closed && !self.finished {
                 return Err(format!("{}: the server's close never ended", client.name));
             }
+            // Pings are answered while the server waits for the client's close:
+            // once it has shut its side after its last byte, the pong to the
+            // last ping before the client's close must have come.
+            if let Peer::Pinger(pinger) = &client.peer
+                && let Some(Some(last)) = pinger.closed_after
+                && client.shut
+                && client.tap.max_pong != Some(last)
+            {
+                return Err(format!(
+                    "{}: last ping {last} before its close, last pong {:?}",
+                    client.name, client.tap.max_pong
+                ));
+            }
             let Some(since) = client.member_since else {
                 if !client.received.is_empty() {
                     return Err(format!("{} got chats without joining", client.name));
@@ -993,41 +1066,41 @@ fn ws_act(
             send(ws, Message::text(json.to_string()));
             "joins".to_string()
         }
-        15..=59 => {
-            let pad = source.below(600).unwrap_or(0) as usize;
+        15..=57 => {
+            let pad = source.below(1200).unwrap_or(0) as usize;
             chat(ws, seq, pad);
             format!("chats #{seq}")
         }
-        60..=64 => {
+        58..=62 => {
             // Over the rate limit: the excess is dropped and counted.
             for _ in 0..15 {
                 chat(ws, seq, 0);
             }
             format!("bursts to #{seq}")
         }
-        65..=72 => {
+        63..=70 => {
             send(ws, Message::text(r#"{"type":"ping","ts":1}"#));
             "pings (JSON)".into()
         }
-        73..=80 => {
+        71..=77 => {
             send(ws, Message::Ping(vec![1, 2, 3].into()));
             "pings".into()
         }
-        81..=83 => {
+        78..=80 => {
             send(ws, Message::text(r#"{"type":"leave"}"#));
             "leaves".into()
         }
-        84..=86 => {
+        81..=82 => {
             let _ = ws.close(None);
             let _ = ws.flush();
             "closes".into()
         }
-        87..=89 => {
+        83..=84 => {
             send(ws, Message::text("x".repeat(5000)));
             "sends a message over the limit".into()
         }
-        90..=91 => "stops reading".into(),
-        92 => "resumes reading".into(),
+        85..=90 => "stops reading".into(),
+        91..=92 => "resumes reading".into(),
         93 => "goes silent".into(),
         _ => {
             send(ws, Message::text("{not json"));
@@ -1053,7 +1126,7 @@ fn raw_act(wire: &Rc<RefCell<Wire>>, name: &str, choice: u64, source: &mut impl 
             )
         }
         20..=39 => {
-            let flood: Vec<u8> = (0..50u8)
+            let flood: Vec<u8> = (0..200u8)
                 .flat_map(|i| frame::client_frame(OpCode::Ping, &[i], mask))
                 .collect();
             (flood, "floods pings")
@@ -1070,11 +1143,19 @@ fn raw_act(wire: &Rc<RefCell<Wire>>, name: &str, choice: u64, source: &mut impl 
             frame::client_frame(OpCode::Text, b"\xff\xfe", mask),
             "sends invalid UTF-8",
         ),
-        70..=79 => {
+        70..=73 => {
             let mut header = vec![0x82, 0xFF];
             header.extend_from_slice(&(1u64 << 40).to_be_bytes());
             header.extend_from_slice(&mask);
             (header, "claims a huge frame")
+        }
+        74..=75 => (Vec::new(), "stops reading"),
+        // (Raw clients resume reading at random too: see `read_client`.)
+        76..=79 => {
+            let flood: Vec<u8> = (0..200)
+                .flat_map(|_| frame::client_frame(OpCode::Text, br#"{"type":"ping","ts":1}"#, mask))
+                .collect();
+            (flood, "floods JSON pings")
         }
         80..=89 => {
             let frame = frame::client_frame(OpCode::Text, b"{\"type\":\"ping\"}", mask);
@@ -1094,4 +1175,64 @@ fn raw_act(wire: &Rc<RefCell<Wire>>, name: &str, choice: u64, source: &mut impl 
         wire.up.bytes.extend(&bytes[..n]);
     }
     what.to_string()
+}
+
+/// What the pinger does; returns what it did.
+fn pinger_act(
+    pinger: &mut Pinger,
+    wire: &Rc<RefCell<Wire>>,
+    tap: &Tap,
+    name: &str,
+    choice: u64,
+) -> String {
+    if pinger.closed_after.is_some() {
+        return "waits".into();
+    }
+    let mask = [0x21, 0x43, 0x65, 0x07];
+    let (frame, what) = match choice {
+        0..=14 => {
+            let join = format!(r#"{{"type":"join","user":"{name}"}}"#);
+            (
+                frame::client_frame(OpCode::Text, join.as_bytes(), mask),
+                "joins",
+            )
+        }
+        15..=69 => {
+            let id = pinger.sent.map_or(0, |n| n + 1);
+            (
+                frame::client_frame(OpCode::Ping, &id.to_be_bytes(), mask),
+                "pings",
+            )
+        }
+        70..=79 if !pinger.left => (
+            frame::client_frame(OpCode::Text, br#"{"type":"leave"}"#, mask),
+            "leaves",
+        ),
+        _ if tap.close.is_some() => (
+            frame::client_frame(OpCode::Close, &1000u16.to_be_bytes(), mask),
+            "answers the close",
+        ),
+        _ => return "waits".into(),
+    };
+    if !write_whole(wire, &frame) {
+        return format!("cannot write ({what})");
+    }
+    match what {
+        "pings" => pinger.sent = Some(pinger.sent.map_or(0, |n| n + 1)),
+        "leaves" => pinger.left = true,
+        "answers the close" => pinger.closed_after = Some(pinger.sent),
+        _ => {}
+    }
+    format!("{what} ({:?})", pinger.sent)
+}
+
+/// Writes `bytes` into the client's pipe if all of them fit.
+fn write_whole(wire: &Rc<RefCell<Wire>>, bytes: &[u8]) -> bool {
+    let mut wire = wire.borrow_mut();
+    let open = !wire.up.fin && !wire.up.reset && !wire.server_closed;
+    if !open || wire.up.room() < bytes.len() {
+        return false;
+    }
+    wire.up.bytes.extend(bytes);
+    true
 }
