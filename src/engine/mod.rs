@@ -459,14 +459,16 @@ impl Engine {
     }
 
     /// The most `memory` may ever say for one connection: `--max-backlog`,
-    /// the replies one read can add past it (at most `MIN_READ` bytes are
-    /// read close to the limit, and a message completed by the last read is
-    /// at most `--max-message-size`), and a message being assembled (its
-    /// buffer grows by doubling, so up to twice `--max-message-size`).
+    /// the replies one read can add past it, and a message being assembled
+    /// (its buffer grows by doubling, so up to twice `--max-message-size`).
+    /// One read adds at most: the replies to the frames that came behind the
+    /// request head (that read takes up to `MAX_HEAD` + 1 bytes), or to the
+    /// `MIN_READ` bytes read close to the limit, or the reply to a message
+    /// that read completed (at most `--max-message-size`).
     pub fn memory_bound(&self) -> usize {
         let max_message = self.config.max_message_size;
         let one_reply = (max_message + frame::MAX_SERVER_HEADER + FRAME_COST)
-            .max(MIN_READ * REPLY_COST_PER_BYTE);
+            .max((MAX_HEAD + 1).max(MIN_READ) * REPLY_COST_PER_BYTE);
         std::mem::size_of::<Connection>()
             + self.config.max_backlog
             + one_reply

@@ -81,3 +81,22 @@ fn a_seed_replays_exactly() {
     // And the runs do real work: chats relayed and members checked.
     assert!(first.chats > 0 && first.checked_exactly > 0, "{first:?}");
 }
+
+/// Inputs that once broke an invariant (found by the fuzz target, kept under
+/// the name of what they exposed), replayed as the fuzzer ran them.
+#[test]
+fn past_findings_stay_fixed() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/regressions");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("tests/sim/regressions")
+        .map(|entry| entry.expect("a file").path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for file in files {
+        let input = std::fs::read(&file).expect("read the input");
+        if let Err(why) = run(&mut chat_sim::FuzzInput(&input), &Settings::default()) {
+            panic!("{} fails again:\n{why}", file.display());
+        }
+    }
+}
