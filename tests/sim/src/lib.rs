@@ -267,6 +267,8 @@ struct Client {
     closed: bool,
     /// The engine shut the write side before closing.
     shut: bool,
+    /// The last flush left bytes the pipe did not take.
+    blocked: bool,
     eof_delivered: bool,
 }
 
@@ -603,6 +605,7 @@ impl Sim {
             checked: !raw && !pinger,
             closed: false,
             shut: false,
+            blocked: false,
             eof_delivered: false,
         });
         self.note(format!(
@@ -713,6 +716,15 @@ impl Sim {
     fn turn(&mut self, source: &mut impl Source) -> Result<(), String> {
         self.engine.handle_timeout(self.now);
         self.after_call()?;
+        // A socket that refused bytes and has room again is writable: the
+        // edge the event loop passes on as `handle_writable`.
+        for &index in self.by_key.values() {
+            let client = &mut self.clients[index];
+            if client.blocked && client.wire.borrow().down.room() > 0 {
+                client.blocked = false;
+                self.engine.handle_writable(client.key);
+            }
+        }
         while let Some(key) = self.engine.next_dirty() {
             let index = self.client_of(key)?;
             let wire = Rc::clone(&self.clients[index].wire);
@@ -741,6 +753,8 @@ impl Sim {
                     .map_err(|e| format!("{}: {e}", self.clients[index].name))?;
                 wire.borrow_mut().down.bytes.extend(taken);
             }
+            let mut slot = [IoSlice::new(&[])];
+            self.clients[index].blocked = self.engine.transmit(key, &mut slot) > 0;
             self.engine.handle_flushed(key);
         }
         self.check_queues()?;
@@ -1022,11 +1036,19 @@ impl Sim {
             if must_have_all {
                 if got.len() != expected.len() {
                     return Err(format!(
-                        "{} got {} of {} chats: missing {:?}",
+                        "{} got {} of {} chats: missing {:?} (member from log entry {since} to \
+                         {:?}, close seen {:?}, socket closed {}, write side shut {}, {} bytes \
+                         unread, output queued: {})",
                         client.name,
                         got.len(),
                         expected.len(),
-                        &expected[got.len()..]
+                        &expected[got.len()..],
+                        client.member_until,
+                        client.saw_close,
+                        client.closed,
+                        client.shut,
+                        client.wire.borrow().down.bytes.len(),
+                        self.engine.transmit(client.key, &mut [IoSlice::new(&[])]) > 0,
                     ));
                 }
                 report.checked_exactly += 1;
