@@ -54,7 +54,8 @@ pub struct Config {
     pub max_conns_per_ip: u32,
 
     /// Accept browser upgrades only from this Origin, e.g. https://chat.example.com
-    /// (repeatable; others get 403; requests without an Origin header are not browsers and pass).
+    /// (repeatable; others get 403); `*` accepts any. Default: pages of the
+    /// host the request was sent to. Requests without an Origin (not browsers) pass.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# RFC 6455 conformance: the Autobahn|Testsuite fuzzing client (../shared/tools/autobahn)
-# against the release binary in --echo mode. Fails if any case FAILED, if a
+# RFC 6455 conformance: the Autobahn|Testsuite fuzzing client against the
+# release binary in --echo mode. The suite is Python 2 code; tests/autobahn/
+# carries what makes it run on Python 3 (setup.sh installs it from PyPI into
+# a venv and applies py3.patch; run.sh runs it and sums up the verdicts). Fails if any case FAILED, if a
 # closing behaviour is off, or if no case ran.
 #   tests/autobahn.sh [CASES]    default: every case but 12.* and 13.* (permessage-deflate,
 #                                which the server does not offer); '*' runs all 517.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools=${AUTOBAHN_TOOLS:-../shared/tools/autobahn}
+tools=${AUTOBAHN_TOOLS:-tests/autobahn}
 venv=${AUTOBAHN_VENV:-$HOME/.cache/autobahn/venv}
 [ -x "$venv/bin/wstest" ] || "$tools/setup.sh" "$venv" >/dev/null
 out=$(mktemp -d)

@@ -117,6 +117,37 @@ fn ignored_messages_are_counted_and_the_connection_stays() {
 }
 
 #[test]
+fn names_that_lie_are_refused_at_join() {
+    let server = ServerProcess::start(&[]);
+    let mut listener = Client::joined(&server, "listener");
+    let liars = [
+        "\u{202E}nimda",       // right-to-left override: shows as "admin"
+        "alice\u{200B}",       // zero-width space: looks like "alice"
+        "\u{2066}bob\u{2069}", // bidi isolates
+        "   ",                 // nothing but whitespace
+        " alice",              // whitespace at an end
+        "alice\u{3000}",
+        "a\u{2028}b", // line separator
+        "\u{FEFF}eve",
+    ];
+    for name in liars {
+        let mut c = Client::connect(&server);
+        c.send(json!({"type": "join", "user": name}));
+        // Not joined: its chat is ignored as one before a join.
+        c.send(chat("as a liar", 1));
+        assert_eq!(c.sync(), Vec::<serde_json::Value>::new(), "{name:?}");
+    }
+    assert_eq!(listener.sync(), Vec::<serde_json::Value>::new());
+    let stats = server.stats();
+    assert_eq!(stats["ignored_invalid_name"], liars.len() as u64);
+    assert_eq!(stats["ignored_not_joined"], liars.len() as u64);
+    assert_eq!(stats["joined"], 1);
+    // Spaces inside a name, and any script, are fine.
+    let _named = Client::joined(&server, "Ana María 李");
+    assert_eq!(server.stats()["joined"], 2);
+}
+
+#[test]
 fn ping_pong_and_names_with_any_unicode() {
     let server = ServerProcess::start(&[]);
     let mut a = Client::joined(&server, "Zoë 🚀 <b>");

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
@@ -130,8 +130,8 @@ fn two_clients_talk_both_ways_and_leave_cleanly() {
     let (status, stderr) = bob.finish();
     assert!(status.success(), "bob: {status} {stderr}");
     let stats = server.stats();
-    assert_eq!(stats["closed_by_leave"], 2);
-    assert_eq!(stats["dropped_without_close"], 0);
+    assert_eq!(stats["closed_by_leave"], 2, "{stats}");
+    assert_eq!(stats["dropped_without_close"], 0, "{stats}");
 }
 
 #[test]
@@ -236,4 +236,74 @@ fn bind_sets_the_source_address() {
     );
     assert!(status.success(), "{status} {stderr}");
     assert_eq!(listener.recv()["text"], "hi");
+}
+
+/// A fake server on a free loopback port: `serve` gets the first connection.
+fn fake_server(serve: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = listener.accept() {
+            serve(stream);
+        }
+    });
+    addr
+}
+
+/// What a terminal must never be handed: escape sequences (colours, titles,
+/// screen clearing), bells, bidi overrides and isolates, zero-width characters.
+fn assert_harmless(what: &str, text: &str) {
+    for c in [
+        '\x1b', '\x07', '\u{9b}', '\u{202E}', '\u{2066}', '\u{2069}', '\u{200B}', '\u{2028}',
+    ] {
+        assert!(
+            !text.contains(c),
+            "{what} passed U+{:04X} through: {text:?}",
+            u32::from(c)
+        );
+    }
+}
+
+#[test]
+fn nothing_a_server_sends_reaches_the_terminal_raw() {
+    let nasty = "\x1b]0;pwned\x07\x1b[2J\u{9b}31m\u{202E}nimda\u{2066}x\u{2069}\u{200B}\u{2028}";
+    // A WebSocket server (tungstenite's) that sends a chat with hostile user
+    // and text, then closes with a hostile reason.
+    let addr = fake_server(move |stream| {
+        let mut ws = tungstenite::accept(stream).expect("upgrade");
+        let chat = json!({"type": "chat", "room": "public", "user": nasty, "text": nasty});
+        ws.send(tungstenite::Message::text(chat.to_string()))
+            .unwrap();
+        let frame = tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: nasty.into(),
+        };
+        let _ = ws.close(Some(frame));
+        while ws.read().is_ok() {}
+    });
+    let client = ChatClient::start(&["--url", &format!("ws://{addr}/ws"), "--user", "me"]);
+    let line = client.lines.recv_timeout(PATIENCE).expect("the chat line");
+    assert_harmless("a chat line", &line);
+    assert!(line.contains("\u{FFFD}nimda"), "{line:?}");
+    // Stdin stays open: the server ends the connection, not us.
+    let (status, stderr) = client.wait_exit();
+    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert_harmless("a close reason", &stderr);
+    assert!(stderr.contains("1000 \u{FFFD}]0;pwned"), "{stderr:?}");
+
+    // An HTTP refusal whose reason phrase carries the one control character
+    // HTTP allows there (a tab).
+    let addr = fake_server(|mut stream| {
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request);
+        let answer = "HTTP/1.1 403 Forbidden\tby\tadmin\r\nContent-Length: 0\r\n\r\n";
+        let _ = stream.write_all(answer.as_bytes());
+    });
+    let (status, stderr) = run(&["--url", &format!("ws://{addr}/ws"), "--user", "me"], "");
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(!stderr.contains('\t'), "{stderr:?}");
+    assert!(
+        stderr.contains("HTTP 403 Forbidden\u{FFFD}by\u{FFFD}admin"),
+        "{stderr:?}"
+    );
 }

@@ -347,6 +347,43 @@ fn max_conns_per_ip_refuses_the_excess_with_429() {
 }
 
 #[test]
+fn by_default_only_the_servers_own_pages_may_upgrade() {
+    let server = ServerProcess::start(&[]);
+    let chatter = Chatter::start(&server);
+    let own = format!("http://{}", server.addr);
+    let host = format!("Host: {}\r\n", server.addr);
+    let cases = [
+        (format!("Origin: {own}\r\n"), 101),
+        (format!("Origin: {}\r\n", own.to_uppercase()), 101),
+        // Cross-site WebSocket hijacking: a foreign page in the user's browser.
+        ("Origin: https://evil.example\r\n".to_string(), 403),
+        (
+            format!("Origin: http://{}.evil.example\r\n", server.addr.ip()),
+            403,
+        ),
+        ("Origin: null\r\n".to_string(), 403),
+        // Not a browser.
+        (String::new(), 101),
+    ];
+    for (origin, want) in &cases {
+        let request = upgrade_request(origin).replace("Host: test\r\n", &host);
+        let mut raw = RawClient::connect_with(&server, request.as_bytes());
+        let head = raw.read_head();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {want} ")),
+            "{origin:?}: {head}"
+        );
+    }
+    chatter.finish();
+    assert_eq!(server.stats()["http_forbidden_origin"], 3);
+    // `*` lets any page in.
+    let any = ServerProcess::start(&["--allowed-origin", "*"]);
+    let request = upgrade_request("Origin: https://evil.example\r\n");
+    let mut raw = RawClient::connect_with(&any, request.as_bytes());
+    assert!(raw.read_head().starts_with("HTTP/1.1 101 "));
+}
+
+#[test]
 fn upgrades_from_origins_not_allowed_get_403() {
     let server = ServerProcess::start(&[
         "--allowed-origin",

@@ -70,10 +70,22 @@ fn the_page_is_served_at_the_root_with_a_strict_policy() {
         head.contains("Content-Type: text/html; charset=utf-8"),
         "{head}"
     );
-    assert!(
-        head.contains("Content-Security-Policy: default-src 'none';"),
-        "{head}"
-    );
+    let policy = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Security-Policy: "))
+        .unwrap_or_else(|| panic!("no policy in {head}"));
+    for directive in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "style-src 'sha256-",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+    ] {
+        assert!(policy.contains(directive), "{directive} not in {policy}");
+    }
+    assert!(!policy.contains("unsafe"), "{policy}");
     assert!(
         head.contains(&format!("Content-Length: {}", body.len())),
         "{head}"
@@ -83,6 +95,46 @@ fn the_page_is_served_at_the_root_with_a_strict_policy() {
     assert!(!body.contains("src=") && !body.contains("href="));
     assert!(body.len() < 8 * 1024, "{} bytes", body.len());
     assert_eq!(server.stats()["http_page"], 1);
+}
+
+#[test]
+fn head_answers_like_get_without_a_body() {
+    let server = ServerProcess::start(&[]);
+    for path in ["/", "/health", "/stats"] {
+        let (status, get_head, body) = http_get(server.addr, path);
+        assert_eq!(status, 200);
+        let response = http_raw(
+            server.addr,
+            format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
+        let (status, head, rest) = split_response(&response);
+        assert_eq!(status, 200, "HEAD {path}: {response:?}");
+        assert!(rest.is_empty(), "HEAD {path} sent a body: {rest:?}");
+        let length = |head: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map(str::to_string)
+        };
+        assert_eq!(length(&head), Some(body.len().to_string()), "{head}");
+        if path != "/stats" {
+            // The same head as GET's (a /stats body, and so its length, changes between calls).
+            assert_eq!(head, get_head, "HEAD {path}");
+        }
+    }
+    // A refusal to HEAD has no body either; HEAD is no upgrade.
+    let response = http_raw(server.addr, b"HEAD /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        response.ends_with("\r\n\r\n") && response.starts_with("HTTP/1.1 404 "),
+        "{response:?}"
+    );
+    let response = http_raw(
+        server.addr,
+        upgrade_request("").replacen("GET", "HEAD", 1).as_bytes(),
+    );
+    assert!(
+        response.starts_with("HTTP/1.1 400 ") && response.ends_with("\r\n\r\n"),
+        "{response:?}"
+    );
 }
 
 #[test]
@@ -135,7 +187,7 @@ fn refusals_get_their_status() {
             assert!(head.contains("\r\nSec-WebSocket-Version: 13"), "{head}");
         }
         if want == 405 {
-            assert!(head.contains("\r\nAllow: GET"), "{head}");
+            assert!(head.contains("\r\nAllow: GET, HEAD"), "{head}");
         }
     }
     let stats = server.stats();

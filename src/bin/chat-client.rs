@@ -39,7 +39,8 @@ struct Args {
     /// Server URL (ws:// only).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
-    /// Name to join under (1-64 characters, no control characters).
+    /// Name to join under (1-64 characters, no control or format characters,
+    /// no whitespace at either end).
     #[arg(long)]
     user: String,
     /// Local address to connect from.
@@ -73,14 +74,17 @@ fn main() -> ExitCode {
         Failure::Refused(r) => (4, format!("handshake refused: {r}")),
         Failure::Lost(m) => (5, m),
     };
-    eprintln!("chat-client: {message}");
+    // Messages carry what the server said (a close reason, a reason phrase).
+    eprintln!("chat-client: {}", client::terminal(&message));
     ExitCode::from(status)
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
     if !protocol::valid_name(&args.user) {
         return Err(Failure::Usage(
-            "--user must be 1-64 characters without control characters".into(),
+            "--user must be 1-64 characters, without control or format characters, \
+             and without whitespace at either end"
+                .into(),
         ));
     }
     let url = client::parse_url(&args.url)
@@ -168,14 +172,23 @@ struct Sink {
 impl Shared {
     /// Sends one masked frame, whole.
     fn send(&self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+        self.send_all(&[(opcode, payload)])
+    }
+
+    /// Sends frames in one write, under one hold of the lock: nothing goes
+    /// between them, and once the first has gone out, so have the others.
+    fn send_all(&self, frames: &[(OpCode, &[u8])]) -> io::Result<()> {
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        // xorshift64: masks must be unpredictable to proxies, not secret.
-        sink.seed ^= sink.seed << 13;
-        sink.seed ^= sink.seed >> 7;
-        sink.seed ^= sink.seed << 17;
-        let mask = (sink.seed as u32).to_ne_bytes();
-        sink.stream
-            .write_all(&frame::client_frame(opcode, payload, mask))
+        let mut bytes = Vec::new();
+        for (opcode, payload) in frames {
+            // xorshift64: masks must be unpredictable to proxies, not secret.
+            sink.seed ^= sink.seed << 13;
+            sink.seed ^= sink.seed >> 7;
+            sink.seed ^= sink.seed << 17;
+            let mask = (sink.seed as u32).to_ne_bytes();
+            bytes.extend(frame::client_frame(*opcode, payload, mask));
+        }
+        sink.stream.write_all(&bytes)
     }
 
     fn left_at(&self) -> Option<Instant> {
@@ -218,8 +231,13 @@ impl Shared {
             }
         }
         *self.left_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        let _ = self.send(OpCode::Text, br#"{"type":"leave"}"#);
-        let _ = self.send(OpCode::Close, &close::payload(close::NORMAL, ""));
+        // Leave and close in one write: the server's answer to the leave ends
+        // the socket side (and the process), so the close must already be out.
+        let close = close::payload(close::NORMAL, "");
+        let _ = self.send_all(&[
+            (OpCode::Text, br#"{"type":"leave"}"#),
+            (OpCode::Close, &close),
+        ]);
     }
 
     /// Reads frames until the close handshake ends; `unread` came with the 101.

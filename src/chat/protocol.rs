@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::chat::unicode;
 use crate::websocket::frame::{self, OpCode};
 
 /// The only room.
@@ -46,7 +47,8 @@ pub enum Ignored {
     UnknownType,
     /// A `room` other than "public".
     WrongRoom,
-    /// A join whose name is empty, too long or has control characters.
+    /// A join whose name is empty, too long, has hidden characters or
+    /// whitespace at either end.
     InvalidName,
     /// A chat before a join.
     NotJoined,
@@ -161,16 +163,20 @@ impl<'de> Deserialize<'de> for StrictAny {
     }
 }
 
-/// 1 to 64 characters, none of them control characters.
+/// 1 to 64 characters; none hidden (controls, format characters such as bidi
+/// overrides and zero-width spaces, line or paragraph separators; see
+/// `unicode`); no whitespace at either end, so not only whitespace either.
 pub fn valid_name(name: &str) -> bool {
     let mut count = 0;
     for c in name.chars() {
-        if c.is_control() {
+        if unicode::is_hidden(c) {
             return false;
         }
         count += 1;
     }
     (1..=MAX_NAME_CHARS).contains(&count)
+        && !name.starts_with(char::is_whitespace)
+        && !name.ends_with(char::is_whitespace)
 }
 
 /// The name as a JSON string literal, escaped once at join and reused for every relay.
@@ -313,6 +319,25 @@ mod tests {
             ),
             (r#"{"type":"join","user":""}"#, Ignored::InvalidName),
             (r#"{"type":"join","user":"a\nb"}"#, Ignored::InvalidName),
+            (
+                r#"{"type":"join","user":"\u202enimda"}"#,
+                Ignored::InvalidName,
+            ),
+            (
+                r#"{"type":"join","user":"alice\u200b"}"#,
+                Ignored::InvalidName,
+            ),
+            (
+                r#"{"type":"join","user":"\u2066bob\u2069"}"#,
+                Ignored::InvalidName,
+            ),
+            (r#"{"type":"join","user":"   "}"#, Ignored::InvalidName),
+            (r#"{"type":"join","user":" alice"}"#, Ignored::InvalidName),
+            (
+                r#"{"type":"join","user":"alice\u3000"}"#,
+                Ignored::InvalidName,
+            ),
+            (r#"{"type":"join","user":"a\u2028b"}"#, Ignored::InvalidName),
         ];
         for (text, want) in cases {
             assert_eq!(parse(text).err(), Some(want), "{text}");

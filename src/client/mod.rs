@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use crate::chat::unicode;
 use crate::http::request::{MAX_HEAD, accept_key, has_token};
 
 /// Where to connect, from a `ws://host[:port][/path]` URL.
@@ -152,21 +153,23 @@ pub fn classify(text: &str) -> Incoming {
     }
 }
 
-/// `[HH:MM:SS] name: text` for a terminal. Trailing padding is trimmed, and
-/// control characters become `�` so that a message cannot move the cursor
-/// or recolour the terminal.
+/// `[HH:MM:SS] name: text` for a terminal, trailing padding trimmed and
+/// shown safely (`terminal`).
 pub fn chat_line(hms: (u8, u8, u8), user: &str, text: &str) -> String {
-    let safe = |s: &str| -> String {
-        s.chars()
-            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-            .collect()
-    };
     let (h, m, s) = hms;
-    format!(
-        "[{h:02}:{m:02}:{s:02}] {}: {}",
-        safe(user),
-        safe(text.trim_end())
-    )
+    terminal(&format!(
+        "[{h:02}:{m:02}:{s:02}] {user}: {}",
+        text.trim_end()
+    ))
+}
+
+/// The one sanitizer for what `chat-client` prints: anything that came from
+/// the network (chats, close reasons, HTTP reason phrases) passes through
+/// here, and every control or format character (escape sequences, bells, bidi
+/// overrides, zero-width characters, line separators) becomes a visible `�`,
+/// so a server or a peer can neither drive the terminal nor disguise text.
+pub fn terminal(text: &str) -> String {
+    unicode::shown(text)
 }
 
 /// The JSON of a chat, `ts` being the send time in ms since the Unix epoch.
@@ -227,8 +230,9 @@ mod tests {
         let mut req = httparse::Request::new(&mut headers);
         assert!(req.parse(request.as_bytes()).unwrap().is_complete());
         // Our own server's parser accepts it, and its answer passes our check.
-        let accept = match crate::http::request::parse(request.as_bytes(), &[]) {
-            Ok(Some((crate::http::Route::Upgrade { accept }, _))) => accept,
+        let parsed = crate::http::request::parse(request.as_bytes(), &crate::http::Origins::Any);
+        let accept = match parsed.map(|r| r.map(|r| r.answer)) {
+            Ok(Some(Ok(crate::http::Route::Upgrade { accept }))) => accept,
             other => panic!("{other:?}"),
         };
         let answer = crate::http::response::switching_protocols(&accept);
@@ -264,6 +268,11 @@ mod tests {
             chat_line((23, 59, 0), "eve", "\u{1b}[2Jgone\nline"),
             "[23:59:00] eve: \u{FFFD}[2Jgone\u{FFFD}line"
         );
+        assert_eq!(
+            chat_line((1, 2, 3), "\u{202E}nimda", "a\u{200B}b"),
+            "[01:02:03] \u{FFFD}nimda: a\u{FFFD}b"
+        );
+        assert_eq!(terminal("close \x1b]0;t\x07"), "close \u{FFFD}]0;t\u{FFFD}");
         assert_eq!(classify(r#"{"type":"ping"}"#), Incoming::Ping);
         assert_eq!(
             classify(r#"{"type":"presence","online":3}"#),

@@ -6,13 +6,14 @@
 
 use crate::chat::session::ChatState;
 use crate::engine::outbox::Outbox;
+use crate::http::HeadReader;
 use crate::websocket::message::MessageReader;
 
 /// The phases of a connection, in order. Each but the last two has a timer deadline.
 #[derive(Debug)]
 pub enum Phase {
     /// Reading the HTTP request head (deadline: `--handshake-timeout`).
-    Handshaking { head: Vec<u8> },
+    Handshaking { head: HeadReader },
     /// Upgraded: frames both ways (deadline: the next keepalive check).
     Open {
         reader: MessageReader,
@@ -55,7 +56,9 @@ impl Connection {
             id,
             dirty: false,
             read_paused: false,
-            phase: Phase::Handshaking { head: Vec::new() },
+            phase: Phase::Handshaking {
+                head: HeadReader::default(),
+            },
             outbox: Outbox::default(),
             last_heard: now,
             timer_at: 0,

@@ -34,7 +34,7 @@ use slab::Slab;
 use crate::chat::protocol;
 use crate::chat::session::{ChatState, Member, Outcome};
 use crate::config::Config;
-use crate::http::{self, MAX_HEAD, Reject, Route, response};
+use crate::http::{Head, MAX_HEAD, Origins, Reject, Route, response};
 use crate::websocket::close;
 use crate::websocket::frame::{self, OpCode, Role};
 use crate::websocket::message::{Event, Limits, MessageReader};
@@ -97,6 +97,8 @@ pub type BackplaneProbe = Box<dyn Fn() -> BackplaneStats>;
 /// The whole server's state, without I/O.
 pub struct Engine {
     config: Config,
+    /// Which browser pages may upgrade (from `--allowed-origin`).
+    origins: Origins,
     max_conns: usize,
     /// Chats accepted here are handed out as `Action::Publish`.
     publish: bool,
@@ -160,6 +162,7 @@ impl Engine {
     pub fn new(config: Config, max_conns: usize, publish: bool, now: u64) -> Self {
         let ip_limit = (config.max_conns_per_ip > 0).then(|| IpLimit::new(config.max_conns_per_ip));
         Self {
+            origins: Origins::from_flags(&config.allowed_origins),
             config,
             max_conns,
             publish,
@@ -206,11 +209,11 @@ impl Engine {
         self.stats.peak_connections = self.stats.peak_connections.max(self.conns.len() as u64);
         self.set_timer(key, now + self.config.handshake_timeout_ms);
         if self.conns.len() > self.max_conns {
-            self.reject(key, Reject::Unavailable, now);
+            self.reject(key, Reject::Unavailable, false, now);
         } else if let Some(limit) = &mut self.ip_limit
             && !limit.admit(key, peer)
         {
-            self.reject(key, Reject::TooManyFromAddress, now);
+            self.reject(key, Reject::TooManyFromAddress, false, now);
         }
         key
     }
@@ -535,34 +538,31 @@ impl Engine {
 
     // ---- Requests --------------------------------------------------------
 
-    /// Bytes of the request head. Usually the whole request comes in one
-    /// read: it is parsed where it lies and copied only while incomplete.
+    /// Bytes of the request head (see `HeadReader`: usually the whole
+    /// request comes in one read and is parsed where it lies).
     fn on_head(&mut self, key: usize, data: &mut [u8], now: u64) {
         let Some(Phase::Handshaking { head }) = self.conns.get_mut(key).map(|c| &mut c.phase)
         else {
             return;
         };
-        let first_read = head.is_empty();
-        if !first_read {
-            head.extend_from_slice(data);
-        }
-        let parsed = http::request::parse(
-            if first_read { data } else { head },
-            &self.config.allowed_origins,
-        );
-        match parsed {
-            Ok(None) if first_read => head.extend_from_slice(data),
-            Ok(None) => {}
-            Err(reject) => self.reject(key, reject, now),
-            Ok(Some((route, head_len))) => {
-                let mut head = std::mem::take(head);
-                self.route(key, route, now);
+        // Out of the connection while the route is acted on, back if incomplete.
+        let mut reader = std::mem::take(head);
+        match reader.read(data, &self.origins) {
+            Ok(Head::Incomplete) => {
+                if let Some(Phase::Handshaking { head }) =
+                    self.conns.get_mut(key).map(|c| &mut c.phase)
+                {
+                    *head = reader;
+                }
+            }
+            Err(reject) => self.reject(key, reject, false, now),
+            Ok(Head::Complete { request, rest }) => {
+                let head_only = request.head_only;
+                match request.answer {
+                    Err(reject) => self.reject(key, reject, head_only, now),
+                    Ok(route) => self.route(key, route, head_only, now),
+                }
                 // Frames sent right behind the request head belong to the new connection.
-                let rest = if first_read {
-                    &mut data[head_len..]
-                } else {
-                    &mut head[head_len..]
-                };
                 if !rest.is_empty() {
                     self.on_frames(key, rest, now);
                 }
@@ -570,12 +570,12 @@ impl Engine {
         }
     }
 
-    fn route(&mut self, key: usize, route: Route, now: u64) {
+    fn route(&mut self, key: usize, route: Route, head_only: bool, now: u64) {
         match route {
             Route::Upgrade { accept } => self.open(key, &accept, now),
             Route::Page => {
                 self.stats.http_page += 1;
-                self.respond(key, Rc::clone(&self.page), now);
+                self.respond(key, Rc::clone(&self.page), head_only, now);
             }
             Route::Health => {
                 self.stats.http_health += 1;
@@ -586,7 +586,7 @@ impl Engine {
                     _ => b"ok\n",
                 };
                 let answer = response::ok("text/plain; charset=utf-8", body);
-                self.respond(key, answer.into(), now);
+                self.respond(key, answer.into(), head_only, now);
             }
             Route::Stats => {
                 self.stats.http_stats += 1;
@@ -596,7 +596,7 @@ impl Engine {
                     .stats
                     .to_json(self.conns.len(), self.room.len(), uptime, backplane);
                 let answer = response::ok("application/json", &body);
-                self.respond(key, answer.into(), now);
+                self.respond(key, answer.into(), head_only, now);
             }
         }
     }
@@ -614,13 +614,17 @@ impl Engine {
         self.set_timer(key, now + self.config.ping_interval_ms);
     }
 
-    fn reject(&mut self, key: usize, reject: Reject, now: u64) {
+    fn reject(&mut self, key: usize, reject: Reject, head_only: bool, now: u64) {
         self.stats.rejected(reject);
-        self.respond(key, reject.response().into(), now);
+        self.respond(key, reject.response().into(), head_only, now);
     }
 
-    /// Sends a whole HTTP response, then closes.
-    fn respond(&mut self, key: usize, response: Rc<[u8]>, now: u64) {
+    /// Sends a whole HTTP response (its head alone for `HEAD`), then closes.
+    fn respond(&mut self, key: usize, response: Rc<[u8]>, head_only: bool, now: u64) {
+        let response = match head_only {
+            true => response::without_body(&response).into(),
+            false => response,
+        };
         self.queue(key, response);
         self.drain(key, now);
     }

@@ -5,4 +5,4 @@
 pub mod request;
 pub mod response;
 
-pub use request::{MAX_HEAD, Reject, Route};
+pub use request::{Head, HeadReader, MAX_HEAD, Origins, Reject, Request, Route};

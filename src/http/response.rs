@@ -8,7 +8,7 @@ impl Reject {
     pub fn response(self) -> Vec<u8> {
         let (code, reason) = self.status();
         let extra = match self {
-            Self::MethodNotAllowed => "Allow: GET\r\n",
+            Self::MethodNotAllowed => "Allow: GET, HEAD\r\n",
             Self::UpgradeRequired => "Sec-WebSocket-Version: 13\r\n",
             Self::Unavailable | Self::TooManyFromAddress => "Retry-After: 1\r\n",
             _ => "",
@@ -37,18 +37,33 @@ pub fn ok(content_type: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// The browser page's response. The policy lets the page run only its own
-/// inline script and style and connect only to this server, so no injected
-/// markup could load or send anything elsewhere.
+/// inline script and style, allowed by their SHA-256 (computed by build.rs
+/// from the page), connect only to this server, and be framed by nobody, so
+/// no injected markup could run, load or send anything.
 pub fn page(html: &str) -> Vec<u8> {
+    let policy = format!(
+        "Content-Security-Policy: default-src 'none'; script-src 'sha256-{}'; \
+         style-src 'sha256-{}'; connect-src 'self'; img-src data:; \
+         frame-ancestors 'none'; base-uri 'none'; form-action 'none'\r\n",
+        env!("PAGE_SCRIPT_SHA256"),
+        env!("PAGE_STYLE_SHA256"),
+    );
     response(
         200,
         "OK",
         "text/html; charset=utf-8",
-        "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
-         Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; \
-         style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\n",
+        &format!("Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n{policy}"),
         html.as_bytes(),
     )
+}
+
+/// The answer to a `HEAD` request: the same head, no body.
+pub fn without_body(response: &[u8]) -> Vec<u8> {
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |at| at + 4);
+    response[..end].to_vec()
 }
 
 fn response(code: u16, reason: &str, content_type: &str, extra: &str, body: &[u8]) -> Vec<u8> {
@@ -73,5 +88,7 @@ mod tests {
         let body = "426 Upgrade Required\n";
         assert!(r.contains(&format!("Content-Length: {}\r\n", body.len())));
         assert!(r.ends_with(&format!("\r\n\r\n{body}")));
+        let head = without_body(r.as_bytes());
+        assert_eq!(head, r.as_bytes()[..r.len() - body.len()].to_vec());
     }
 }

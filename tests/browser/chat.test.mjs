@@ -30,12 +30,24 @@ async function stopServer(server) {
   await exited;
 }
 
+// Everything the Content-Security-Policy blocked, on any page.
+const violations = [];
+
 async function openPage(browser, url, name, dialogs) {
   const page = await browser.newPage({ viewport: { width: 560, height: 380 } });
   page.on('dialog', (dialog) => {
     dialogs.push(dialog.message());
     dialog.dismiss();
   });
+  page.on('console', (message) => {
+    if (/Content Security Policy/i.test(message.text())) violations.push(message.text());
+  });
+  await page.exposeFunction('reportViolation', (v) => violations.push(v));
+  await page.addInitScript(() =>
+    document.addEventListener('securitypolicyviolation', (e) =>
+      window.reportViolation(`${e.violatedDirective} blocked ${e.blockedURI}`),
+    ),
+  );
   await page.goto(url);
   await page.fill('#name', name);
   await page.press('#name', 'Enter');
@@ -101,6 +113,29 @@ try {
   }
   console.log('ok: an HTML message is shown as text and runs nothing');
 
+  // The page runs under its policy (inline script and style allowed by hash only).
+  const response = await alice.request.get(url);
+  const policy = response.headers()['content-security-policy'] ?? '';
+  if (!/script-src 'sha256-/.test(policy) || /unsafe-inline/.test(policy)) {
+    throw new Error(`unexpected policy: ${policy}`);
+  }
+  if (violations.length !== 0) throw new Error(`policy violations: ${violations.join('; ')}`);
+  console.log('ok: the page works under a policy that allows its script and style by hash only');
+
+  // A name that would show as another is refused on the page, with a note.
+  const liar = await browser.newPage();
+  await liar.goto(url);
+  await liar.fill('#name', '\u202enimda');
+  await liar.press('#name', 'Enter');
+  await liar.waitForFunction(
+    () => [...document.querySelectorAll('#log .note')].some((li) => /invisible or control/.test(li.textContent)),
+    null,
+    { timeout: WAIT },
+  );
+  if (!(await liar.isVisible('#join'))) throw new Error('joined under a lying name');
+  await liar.close();
+  console.log('ok: a name with a bidi override is refused on the page');
+
   mkdirSync(artifacts, { recursive: true });
   await bob.screenshot({ path: `${artifacts}/chat.png` });
 
@@ -116,6 +151,7 @@ try {
   await say(alice, 'welcome back');
   await expectMessage(bob, 'alice', 'welcome back');
   console.log('ok: after a server restart both pages reconnect, rejoin and chat');
+  if (violations.length !== 0) throw new Error(`policy violations: ${violations.join('; ')}`);
 } catch (error) {
   failed = true;
   console.error(`FAILED: ${error.message}`);

@@ -1,0 +1,30 @@
+//! Build-time facts about the browser page (src/http/page.html): the SHA-256
+//! of its inline script and of its inline style, so its Content-Security-Policy
+//! allows exactly those two blocks by hash instead of any inline code
+//! ('unsafe-inline'). An edit to the page changes the hashes with it.
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+fn main() {
+    let path = "src/http/page.html";
+    println!("cargo:rerun-if-changed={path}");
+    let page = std::fs::read_to_string(path).expect("read the page");
+    for (tag, var) in [
+        ("script", "PAGE_SCRIPT_SHA256"),
+        ("style", "PAGE_STYLE_SHA256"),
+    ] {
+        let open = format!("<{tag}>");
+        let close = format!("</{tag}>");
+        assert_eq!(
+            page.matches(&open).count(),
+            1,
+            "the page must have one <{tag}>"
+        );
+        let start = page.find(&open).expect("opening tag") + open.len();
+        let end = start + page[start..].find(&close).expect("closing tag");
+        let digest = Sha256::digest(&page.as_bytes()[start..end]);
+        let hash = base64::engine::general_purpose::STANDARD.encode(digest);
+        println!("cargo:rustc-env={var}={hash}");
+    }
+}
