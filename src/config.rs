@@ -68,6 +68,11 @@ pub struct Config {
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
 
+    /// PEM certificate(s) of the authority to trust for rediss:// (TLS), instead
+    /// of the built-in public roots (a private CA, or a self-signed Redis).
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca: Option<std::path::PathBuf>,
+
     /// The Redis channel the instances share.
     #[arg(
         long,
@@ -104,11 +109,13 @@ impl Config {
                 return Err(line.strip_prefix("error: ").unwrap_or(line).to_string());
             }
         };
-        if config.redis.is_some() && !cfg!(feature = "redis") {
-            return Err(
-                "--redis needs a build with Redis support: cargo build --release --features redis"
-                    .into(),
-            );
+        if let Some(url) = &config.redis {
+            check_redis_url(url)?;
+        }
+        if let Some(path) = &config.redis_ca
+            && let Err(e) = std::fs::read(path)
+        {
+            return Err(format!("--redis-ca {}: {e}", path.display()));
         }
         if config.pong_timeout_ms <= config.ping_interval_ms {
             return Err(format!(
@@ -118,6 +125,46 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+}
+
+/// Whether `--redis` names a Redis this build can reach (it is not contacted here).
+fn check_redis_url(url: &str) -> Result<(), String> {
+    #[cfg(feature = "redis")]
+    return match redis::parse_redis_url(url) {
+        Some(parsed) if matches!(parsed.scheme(), "redis" | "rediss") => Ok(()),
+        _ => Err(format!(
+            "--redis {}: not a redis:// or rediss:// URL",
+            redacted(url)
+        )),
+    };
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = url;
+        Err(
+            "--redis needs a build with Redis support: cargo build --release --features redis"
+                .into(),
+        )
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages: a Redis URL
+/// with its password is never printed.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            // A user name stays; a password, or userinfo that may be one, does not.
+            let hidden = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}://{hidden}@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_string(),
     }
 }
 
@@ -208,6 +255,20 @@ mod tests {
         assert!(Config::try_parse_from(["x", "--ping-interval", "0"]).is_err());
         assert!(Config::try_parse_from(["x", "--duration", "-1"]).is_err());
         assert!(Config::try_parse_from(["x", "--duration", "soon"]).is_err());
+    }
+
+    #[test]
+    fn passwords_in_redis_urls_are_never_shown() {
+        for (url, shown) in [
+            ("redis://:sekret@host:6379/0", "redis://:***@host:6379/0"),
+            ("rediss://user:sekret@host/", "rediss://user:***@host/"),
+            ("redis://sekret@host", "redis://***@host"),
+            ("redis://host:6379/", "redis://host:6379/"),
+            ("redis://:p@ss:w@rd@host/#x", "redis://:***@host/#x"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
     }
 
     #[test]

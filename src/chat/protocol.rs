@@ -179,6 +179,39 @@ pub fn valid_name(name: &str) -> bool {
         && !name.ends_with(char::is_whitespace)
 }
 
+/// A chat as another instance published it: the relayed chat's JSON object.
+#[derive(Deserialize)]
+struct Relayed<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    room: Cow<'a, str>,
+    #[serde(borrow)]
+    user: Cow<'a, str>,
+    #[serde(borrow)]
+    text: &'a RawValue,
+    #[serde(borrow, default)]
+    ts: Option<&'a RawValue>,
+}
+
+/// A chat from the backplane, checked exactly like a local one (the name
+/// rules, `text` a string, strict JSON in `text` and `ts`, `text` and `ts`
+/// within `max_message` bytes), as a frame built by the same serializer;
+/// `None` for anything else. Whoever can publish to the channel gets no
+/// further than a client.
+pub fn relayed_chat_frame(json: &[u8], max_message: usize) -> Option<Vec<u8>> {
+    let chat: Relayed<'_> = serde_json::from_slice(json).ok()?;
+    let size = chat.text.get().len() + chat.ts.map_or(0, |ts| ts.get().len());
+    let valid = chat.kind == "chat"
+        && chat.room == ROOM
+        && valid_name(&chat.user)
+        && chat.text.get().starts_with('"')
+        && is_strict(chat.text)
+        && chat.ts.is_none_or(is_strict)
+        && size <= max_message;
+    valid.then(|| chat_frame(&name_literal(&chat.user), chat.text, chat.ts))
+}
+
 /// The name as a JSON string literal, escaped once at join and reused for every relay.
 pub fn name_literal(name: &str) -> Box<str> {
     // Sized for the quotes and no escapes, so the usual name is allocated
@@ -368,6 +401,42 @@ mod tests {
                 .windows(text.get().len())
                 .any(|w| w == text.get().as_bytes())
         );
+    }
+
+    #[test]
+    fn chats_from_the_backplane_are_checked_like_local_ones() {
+        let good =
+            br#"{"type":"chat","room":"public","user":"al\"ice","text":"hi","ts":3,"extra":1}"#;
+        let frame = relayed_chat_frame(good, 100).expect("a valid chat");
+        assert_eq!(
+            payload(&frame),
+            serde_json::json!({"type":"chat","room":"public","user":"al\"ice","text":"hi","ts":3})
+        );
+        for bad in [
+            &br#"{"type":"presence","room":"public","online":-7}"#[..],
+            br#"{"type":"chat","room":"public","user":{"a":1},"text":"x"}"#,
+            br#"{"type":"chat","room":"public","user":"a","text":{"b":2}}"#,
+            br#"{"type":"chat","room":"public","user":"\u202eadmin","text":"x"}"#,
+            br#"{"type":"chat","room":"public","user":" admin","text":"x"}"#,
+            br#"{"type":"chat","room":"private","user":"a","text":"x"}"#,
+            br#"{"type":"chat","room":"public","user":"a","text":"x","ts":1e400}"#,
+            br#"{"type":"chat","room":"public","user":"a","text":"\ud800"}"#,
+            br#"{"type":"chat","room":"public","user":"a"}"#,
+            b"not json",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                relayed_chat_frame(bad, 100).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!(
+            r#"{{"type":"chat","room":"public","user":"a","text":"{}"}}"#,
+            "x".repeat(99)
+        );
+        assert!(relayed_chat_frame(long.as_bytes(), 100).is_none());
+        assert!(relayed_chat_frame(long.as_bytes(), 101).is_some());
     }
 
     #[test]

@@ -400,11 +400,14 @@ impl Engine {
         }
     }
 
-    /// A chat another instance published (its JSON): relayed to every member
-    /// here, serialized into a frame once, like a local chat.
+    /// A chat another instance published (its JSON, not yet trusted): checked
+    /// like a local chat and, if valid, serialized into a frame once and
+    /// relayed to every member here; else dropped and counted.
     pub fn handle_remote_chat(&mut self, json: &[u8], now: u64) {
-        let frame = frame::server_frame(OpCode::Text, &[json]);
-        self.relay(None, frame.into(), now);
+        match protocol::relayed_chat_frame(json, self.config.max_message_size) {
+            Some(frame) => self.relay(None, frame.into(), now),
+            None => self.stats.backplane_rejected += 1,
+        }
     }
 
     /// The next thing the driver must do.

@@ -57,6 +57,8 @@ pub struct Counters {
     /// Times reading from a client stopped because our answers to it piled up.
     pub read_pauses: u64,
     pub accept_pauses: u64,
+    /// Messages from the Redis channel that were not a valid chat, dropped.
+    pub backplane_rejected: u64,
 }
 
 /// The Redis backplane's link state and counters (with `--redis`).
@@ -64,6 +66,10 @@ pub struct Counters {
 pub struct BackplaneStats {
     /// "up" when both the publishing and the subscribing connection are.
     pub state: &'static str,
+    /// The connection chats go out on: "up" or "down".
+    pub publisher: &'static str,
+    /// The subscription chats come in on: "up" or "down".
+    pub subscriber: &'static str,
     pub instance_id: String,
     pub published: u64,
     pub received: u64,

@@ -1,31 +1,43 @@
 //! The Redis backplane (cargo feature `redis`): instances share the room
 //! through one Redis pub/sub channel. Each chat accepted for relay is
-//! published with this instance's id; chats published by other instances are
-//! handed to the event loop, which relays them to its own members.
+//! published with this instance's id, as its fields (the JSON of the chat:
+//! the sender's joined name, `text`, `ts`), never as a finished frame; chats
+//! published by other instances are handed to the engine, which validates
+//! them like a local chat and builds their frame itself
+//! (`Engine::handle_remote_chat`). Whoever can publish to the channel is not
+//! trusted further than a client.
 //!
 //! Redis I/O runs on two side threads with the `redis` crate's blocking API.
 //! The event loop only touches two bounded queues and a `mio::Waker`, so it
 //! never waits on Redis: a full queue drops the message and counts it. Each
 //! thread reconnects with backoff on its own; the link is up when both are.
+//! Both notice a Redis that stopped answering (a partition, with no FIN or
+//! RST) within about two seconds: the publisher pings when idle, the
+//! subscriber pings on its subscription when the channel has been quiet.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use mio::Waker;
 
-use crate::chat::protocol;
+use crate::config::redacted;
 use crate::engine::BackplaneProbe;
 use crate::engine::stats::BackplaneStats;
 use crate::websocket::frame::{self, Role};
 
 /// Messages waiting in each direction before more are dropped.
 const QUEUE: usize = 4096;
-/// Longest wait to connect to Redis, and for one command.
+/// Bytes of messages from other instances waiting for the loop before more are dropped.
+const QUEUE_BYTES: usize = 8 << 20;
+/// Longest wait to connect to Redis, and for one command or reply.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnection backoff: from the first to the last value, doubling.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+/// Bytes a message may have beyond the chat's text and ts: the envelope,
+/// the field names and the sender's name (64 characters, escaped).
+const MESSAGE_OVERHEAD: usize = 1024;
 
 /// The loop's handle on the backplane.
 pub struct Backplane {
@@ -43,6 +55,8 @@ struct Shared {
     subscriber_up: AtomicBool,
     /// Set when the subscriber woke the loop and the loop has not drained yet.
     wake_pending: AtomicBool,
+    /// Bytes of messages waiting in the incoming queue.
+    queued_bytes: AtomicUsize,
     published: AtomicU64,
     received: AtomicU64,
     lost_outgoing: AtomicU64,
@@ -50,11 +64,23 @@ struct Shared {
     malformed: AtomicU64,
 }
 
+/// Where Redis is and how to reach it.
+pub struct Target<'a> {
+    /// `redis://` or `rediss://` (TLS).
+    pub url: &'a str,
+    pub channel: &'a str,
+    /// PEM certificates to trust for `rediss://` instead of the built-in roots.
+    pub ca: Option<&'a [u8]>,
+    /// Largest chat (its text and ts) a client may send here: larger ones
+    /// from the channel are dropped before they are queued.
+    pub max_message: usize,
+}
+
 impl Backplane {
     /// Starts the Redis threads; `waker` wakes the loop when chats arrive.
-    pub fn start(url: &str, channel: &str, waker: Waker) -> Result<Self, String> {
+    pub fn start(target: &Target<'_>, waker: Waker) -> Result<Self, String> {
         let waker = Arc::new(waker);
-        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        let client = client(target)?;
         let id = instance_id();
         let shared = Arc::new(Shared::default());
         let (outgoing, to_publish) = mpsc::sync_channel(QUEUE);
@@ -66,15 +92,20 @@ impl Backplane {
                 .map(|_| ())
                 .map_err(|e| format!("cannot start the Redis thread: {e}"))
         };
-        let (c, ch, s) = (client.clone(), channel.to_string(), Arc::clone(&shared));
+        let (c, ch, s) = (
+            client.clone(),
+            target.channel.to_string(),
+            Arc::clone(&shared),
+        );
         spawn(
             "redis-publish",
             Box::new(move || publisher(&c, &ch, &to_publish, &s)),
         )?;
         let subscriber = Subscriber {
             client,
-            channel: channel.to_string(),
+            channel: target.channel.to_string(),
             own_id: id,
+            max_message: target.max_message + MESSAGE_OVERHEAD,
             to_loop,
             waker: Arc::clone(&waker),
             shared: Arc::clone(&shared),
@@ -89,7 +120,8 @@ impl Backplane {
         })
     }
 
-    /// Queues a relayed chat frame for the other instances; drops it if the queue is full.
+    /// Queues a relayed chat for the other instances (its JSON, not its frame
+    /// header); drops it if the queue is full.
     pub fn publish(&self, chat_frame: &[u8]) {
         let Ok(Some((_, header_len))) = frame::parse_header(chat_frame, Role::Client) else {
             return;
@@ -100,12 +132,15 @@ impl Backplane {
         }
     }
 
-    /// Hands each chat from other instances (its JSON) to `relay`, at most
-    /// `QUEUE` per call so one turn stays short; more wakes the loop again.
+    /// Hands each chat from other instances (its JSON, unchecked) to `relay`,
+    /// at most `QUEUE` per call so one turn stays short; more wakes the loop again.
     pub fn drain(&self, mut relay: impl FnMut(&[u8])) {
         self.shared.wake_pending.store(false, Ordering::Release);
         let mut taken = 0;
         for chat in self.incoming.try_iter().take(QUEUE) {
+            self.shared
+                .queued_bytes
+                .fetch_sub(chat.len(), Ordering::AcqRel);
             relay(&chat);
             taken += 1;
         }
@@ -121,6 +156,26 @@ impl Backplane {
     }
 }
 
+/// The `redis` client for `target`: TLS for `rediss://`, trusting `ca` if given.
+fn client(target: &Target<'_>) -> Result<redis::Client, String> {
+    let url = target.url;
+    let fail = |e: redis::RedisError| format!("--redis {}: {e}", redacted(url));
+    if url.starts_with("rediss://") {
+        // One crypto provider for rustls, chosen here rather than by feature unification.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match target.ca {
+        Some(pem) => {
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            };
+            redis::Client::build_with_tls(url, certificates).map_err(fail)
+        }
+        None => redis::Client::open(url).map_err(fail),
+    }
+}
+
 impl Shared {
     /// Whether both threads are connected.
     fn is_up(&self) -> bool {
@@ -129,8 +184,11 @@ impl Shared {
 
     fn stats(&self, id: u64) -> BackplaneStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let word = |up: bool| if up { "up" } else { "down" };
         BackplaneStats {
-            state: if self.is_up() { "up" } else { "down" },
+            state: word(self.is_up()),
+            publisher: word(self.publisher_up.load(Ordering::Relaxed)),
+            subscriber: word(self.subscriber_up.load(Ordering::Relaxed)),
             instance_id: format!("{id:016x}"),
             published: get(&self.published),
             received: get(&self.received),
@@ -148,17 +206,12 @@ fn encode(id: u64, chat: &[u8]) -> Vec<u8> {
     message
 }
 
-/// The chat JSON of a message from another instance; `None` for our own
-/// messages and for anything that is not a JSON object from an instance.
-fn decode(message: &[u8], own_id: u64) -> Option<&[u8]> {
+/// Whose message it is, and its chat JSON (checked later, by the engine);
+/// `None` if it has no instance id in front.
+fn decode(message: &[u8]) -> Option<(u64, &[u8])> {
     let (id, chat) = message.split_at_checked(17)?;
     let id = std::str::from_utf8(id.strip_suffix(b" ")?).ok()?;
-    if u64::from_str_radix(id, 16).ok()? == own_id {
-        return None;
-    }
-    // Relayed as is to every client: one JSON object, by the rules relayed chat fields follow.
-    let json = std::str::from_utf8(chat).ok()?;
-    (json.starts_with('{') && protocol::is_strict_json(json)).then_some(chat)
+    Some((u64::from_str_radix(id, 16).ok()?, chat))
 }
 
 /// 64 random bits (std's OS-seeded hash keys): unique per process in practice.
@@ -228,10 +281,8 @@ impl<'a> Link<'a> {
         command: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<()>,
     ) -> bool {
         if self.connection.is_none() && Instant::now() >= self.retry_at {
-            match self.client.get_connection_with_timeout(REDIS_TIMEOUT) {
+            match connect(self.client) {
                 Ok(connection) => {
-                    let _ = connection.set_read_timeout(Some(REDIS_TIMEOUT));
-                    let _ = connection.set_write_timeout(Some(REDIS_TIMEOUT));
                     self.connection = Some(connection);
                     self.backoff = BACKOFF.0;
                 }
@@ -252,11 +303,23 @@ impl<'a> Link<'a> {
     }
 }
 
+/// A connection whose every read and write gives up after `REDIS_TIMEOUT`,
+/// so a Redis that stopped answering is noticed instead of waited for.
+fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let connection = client.get_connection_with_timeout(REDIS_TIMEOUT)?;
+    connection.set_read_timeout(Some(REDIS_TIMEOUT))?;
+    connection.set_write_timeout(Some(REDIS_TIMEOUT))?;
+    Ok(connection)
+}
+
 /// Receives the channel's messages and hands other instances' chats to the loop.
 struct Subscriber {
     client: redis::Client,
     channel: String,
     own_id: u64,
+    /// Largest message queued for the loop; larger ones cannot be a chat
+    /// this server would accept.
+    max_message: usize,
     to_loop: SyncSender<Vec<u8>>,
     waker: Arc<Waker>,
     shared: Arc<Shared>,
@@ -280,27 +343,37 @@ impl Subscriber {
     /// One subscription, until Redis fails (`Err`) or the loop is gone (`Ok`).
     fn subscribe(&self, backoff: &mut Duration) -> redis::RedisResult<()> {
         let s = &self.shared;
-        let mut connection = self.client.get_connection_with_timeout(REDIS_TIMEOUT)?;
+        let mut connection = connect(&self.client)?;
         let mut pubsub = connection.as_pubsub();
         pubsub.subscribe(&self.channel)?;
-        // Wakes now and then so that a dead server side is noticed.
-        pubsub.set_read_timeout(Some(REDIS_TIMEOUT))?;
         s.subscriber_up.store(true, Ordering::Relaxed);
         *backoff = BACKOFF.0;
-        let own_prefix = format!("{:016x} ", self.own_id);
         loop {
             let message = match pubsub.get_message() {
                 Ok(message) => message,
-                Err(e) if e.is_timeout() => continue,
+                // Quiet for a while: is Redis still there? (A PING is allowed
+                // on a subscription; no answer within the timeout fails it.)
+                Err(e) if e.is_timeout() => {
+                    pubsub.ping::<redis::Value>()?;
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             let payload: Vec<u8> = message.get_payload()?;
-            let Some(chat) = decode(&payload, self.own_id) else {
-                if !payload.starts_with(own_prefix.as_bytes()) {
+            let chat = match decode(&payload) {
+                Some((id, _)) if id == self.own_id => continue,
+                Some((_, chat)) if chat.len() <= self.max_message => chat,
+                _ => {
                     s.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-                continue;
             };
+            // Counted before it is queued, so the loop never takes off more than was added.
+            if s.queued_bytes.fetch_add(chat.len(), Ordering::AcqRel) + chat.len() > QUEUE_BYTES {
+                s.queued_bytes.fetch_sub(chat.len(), Ordering::AcqRel);
+                s.lost_incoming.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             match self.to_loop.try_send(chat.to_vec()) {
                 Ok(()) => {
                     s.received.fetch_add(1, Ordering::Relaxed);
@@ -310,6 +383,7 @@ impl Subscriber {
                     }
                 }
                 Err(TrySendError::Full(_)) => {
+                    s.queued_bytes.fetch_sub(chat.len(), Ordering::AcqRel);
                     s.lost_incoming.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(TrySendError::Disconnected(_)) => return Ok(()),
@@ -323,21 +397,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_carry_the_sender_and_our_own_are_skipped() {
+    fn messages_carry_the_sender() {
         let chat = br#"{"type":"chat","room":"public","user":"a","text":"hi"}"#;
         let message = encode(0xabc, chat);
         assert_eq!(&message[..17], b"0000000000000abc ");
-        assert_eq!(decode(&message, 0xdef), Some(&chat[..]));
-        assert_eq!(decode(&message, 0xabc), None);
-        for bad in [
-            &b"short"[..],
-            b"0000000000000abc not json",
-            b"0000000000000abc [1,2]",
-            b"zzzzzzzzzzzzzzzz {}",
-            b"0000000000000abc{}",
-            br#"0000000000000abc {"type":"chat","ts":1e400}"#,
-        ] {
-            assert_eq!(decode(bad, 1), None, "{:?}", String::from_utf8_lossy(bad));
+        assert_eq!(decode(&message), Some((0xabc, &chat[..])));
+        for bad in [&b"short"[..], b"zzzzzzzzzzzzzzzz {}", b"0000000000000abc{}"] {
+            assert_eq!(decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `backplane` in a build without the `redis` feature: the same interface,
 //! but no value of it can exist, so the server's backplane paths compile to
-//! nothing and `--redis` is refused at start.
+//! nothing. `--redis` is refused with the other flags at start (config.rs).
 
 use mio::Waker;
 
@@ -9,9 +9,17 @@ use crate::engine::BackplaneProbe;
 /// Never constructed in this build.
 pub enum Backplane {}
 
+/// Where Redis is and how to reach it (unused in this build).
+pub struct Target<'a> {
+    pub url: &'a str,
+    pub channel: &'a str,
+    pub ca: Option<&'a [u8]>,
+    pub max_message: usize,
+}
+
 impl Backplane {
     /// Refuses: this build has no Redis support.
-    pub fn start(_url: &str, _channel: &str, _waker: Waker) -> Result<Self, String> {
+    pub fn start(_target: &Target<'_>, _waker: Waker) -> Result<Self, String> {
         Err(
             "--redis needs a build with Redis support: cargo build --release --features redis"
                 .into(),

@@ -22,7 +22,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::Config;
 use crate::engine::{Action, Engine, READ_BUF};
-use backplane::Backplane;
+use backplane::{Backplane, Target};
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -88,7 +88,17 @@ impl Server {
         let backplane = match &config.redis {
             Some(url) => {
                 let waker = mio::Waker::new(poll.registry(), BACKPLANE)?;
-                let started = Backplane::start(url, &config.redis_channel, waker);
+                let ca = match &config.redis_ca {
+                    Some(path) => Some(std::fs::read(path)?),
+                    None => None,
+                };
+                let target = Target {
+                    url,
+                    channel: &config.redis_channel,
+                    ca: ca.as_deref(),
+                    max_message: config.max_message_size,
+                };
+                let started = Backplane::start(&target, waker);
                 Some(started.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
             }
             None => None,
