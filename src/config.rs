@@ -45,6 +45,14 @@ pub struct Config {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = in_range::<usize>(MIN_BACKLOG, MAX_BYTES))]
     pub max_backlog: usize,
 
+    /// Chats kept for joins that ask for history or recovery, 0 (none) to 1000000.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = in_range::<usize>(0, 1_000_000))]
+    pub history: usize,
+
+    /// Memory the kept chats may take (each counts its bytes plus 64), 1 KiB to 1 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = in_range::<usize>(1024, MAX_BYTES))]
+    pub history_bytes: usize,
+
     /// Most simultaneous connections, 1 to 16777216 [default: what the open-file limit allows].
     #[arg(long, value_name = "N", value_parser = in_range::<usize>(1, MAX_CONNS))]
     pub max_conns: Option<usize>,

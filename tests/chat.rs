@@ -23,7 +23,7 @@ fn chat_reaches_every_other_joined_client_stamped_never_the_sender() {
 
     // Alice claims to be mallory; the server stamps her joined name.
     alice.send(json!({"type": "chat", "room": "public", "user": "mallory", "text": "hi \"all\" é", "ts": 1700000000123u64}));
-    let want = json!({"type": "chat", "room": "public", "user": "alice", "text": "hi \"all\" é", "ts": 1700000000123u64});
+    let want = json!({"type": "chat", "room": "public", "id": 1, "user": "alice", "text": "hi \"all\" é", "ts": 1700000000123u64});
     assert_eq!(bob.recv(), want);
     assert_eq!(carol.recv(), want);
     // Never back to the sender: her next message is the pong of this sync.

@@ -239,7 +239,7 @@ fn whatever_is_published_on_the_channel_is_checked_like_a_local_chat() {
     ));
     assert_eq!(
         alice.recv(),
-        json!({"type": "chat", "room": "public", "user": "bob", "text": "hi \"all\"", "ts": 5})
+        json!({"type": "chat", "room": "public", "id": 1, "user": "bob", "text": "hi \"all\"", "ts": 5})
     );
     expect_nothing(&mut [&mut alice]);
     let stats = server.stats();

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         index: 0,
         watching: None,
     });
-    match member.on_text(text, 0) {
+    match member.on_text(text, 0, 1) {
         Outcome::Relay(frame) => {
             let chat = json_payload(&frame);
             assert_eq!(chat["type"], "chat");
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         _ => {}
     }
     // A connection that has not joined never relays; a join gets a valid name.
-    match ChatState::new(0).on_text(text, 0) {
+    match ChatState::new(0).on_text(text, 0, 1) {
         Outcome::Relay(_) => panic!("relayed before join"),
         Outcome::Join { user, .. } => {
             let name: String = serde_json::from_str(&user).expect("name literal is a JSON string");

@@ -20,11 +20,19 @@ pub const ROOM: &str = "public";
 /// Longest accepted user name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
 
+/// Longest `epoch` a client may send back.
+const MAX_EPOCH_BYTES: usize = 64;
+
 /// A request the server acts on.
 #[derive(Debug)]
 pub enum Request<'a> {
-    /// Join the room under `user` (already validated); `presence`: send me the online count.
-    Join { user: Cow<'a, str>, presence: bool },
+    /// Join the room under `user` (already validated); `presence`: send me
+    /// the online count; `catchup`: chats to send before the live ones.
+    Join {
+        user: Cow<'a, str>,
+        presence: bool,
+        catchup: Catchup,
+    },
     /// Say `text` (a JSON string) to everyone else; `ts` is opaque to the server.
     Chat {
         text: &'a RawValue,
@@ -36,6 +44,22 @@ pub enum Request<'a> {
     Pong,
     /// Leave the room and close.
     Leave,
+}
+
+/// What a joining client asks to be sent before the live chats.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catchup {
+    /// `history`: the most recent chats, at most this many.
+    pub history: Option<u64>,
+    /// `since` and `epoch`: every chat after this id, of that epoch.
+    pub since: Option<(u64, Box<str>)>,
+}
+
+impl Catchup {
+    /// Whether the join asked for anything (and so gets a `joined` answer).
+    pub fn asked(&self) -> bool {
+        self.history.is_some() || self.since.is_some()
+    }
 }
 
 /// Why a text message was ignored. Each has its own counter in `/stats`.
@@ -70,6 +94,12 @@ struct Wire<'a> {
     ts: Option<&'a RawValue>,
     #[serde(default)]
     presence: bool,
+    #[serde(default)]
+    history: Option<u64>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(borrow, default)]
+    epoch: Option<Cow<'a, str>>,
 }
 
 /// Parses one text message into a request, or says why it is ignored.
@@ -80,14 +110,25 @@ pub fn parse(text: &str) -> Result<Request<'_>, Ignored> {
         "join" | "chat" if !in_room => Err(Ignored::WrongRoom),
         "join" => {
             let user = wire.user.ok_or(Ignored::InvalidName)?;
-            if valid_name(&user) {
-                Ok(Request::Join {
-                    user,
-                    presence: wire.presence,
-                })
-            } else {
-                Err(Ignored::InvalidName)
+            if !valid_name(&user) {
+                return Err(Ignored::InvalidName);
             }
+            let since = match (wire.since, wire.epoch) {
+                (None, _) => None,
+                (Some(id), Some(epoch)) if epoch.len() <= MAX_EPOCH_BYTES => {
+                    Some((id, Box::from(&*epoch)))
+                }
+                // A recovery names the epoch its ids belong to.
+                _ => return Err(Ignored::Malformed),
+            };
+            Ok(Request::Join {
+                user,
+                presence: wire.presence,
+                catchup: Catchup {
+                    history: wire.history,
+                    since,
+                },
+            })
         }
         "chat" => match wire.text {
             Some(text)
@@ -196,10 +237,10 @@ struct Relayed<'a> {
 
 /// A chat from the backplane, checked exactly like a local one (the name
 /// rules, `text` a string, strict JSON in `text` and `ts`, `text` and `ts`
-/// within `max_message` bytes), as a frame built by the same serializer;
-/// `None` for anything else. Whoever can publish to the channel gets no
-/// further than a client.
-pub fn relayed_chat_frame(json: &[u8], max_message: usize) -> Option<Vec<u8>> {
+/// within `max_message` bytes), as a frame with this room's `id`, built by
+/// the same serializer; `None` for anything else. Whoever can publish to the
+/// channel gets no further than a client.
+pub fn relayed_chat_frame(json: &[u8], max_message: usize, id: u64) -> Option<Vec<u8>> {
     let chat: Relayed<'_> = serde_json::from_slice(json).ok()?;
     let size = chat.text.get().len() + chat.ts.map_or(0, |ts| ts.get().len());
     let valid = chat.kind == "chat"
@@ -209,7 +250,7 @@ pub fn relayed_chat_frame(json: &[u8], max_message: usize) -> Option<Vec<u8>> {
         && is_strict(chat.text)
         && chat.ts.is_none_or(is_strict)
         && size <= max_message;
-    valid.then(|| chat_frame(&name_literal(&chat.user), chat.text, chat.ts))
+    valid.then(|| chat_frame(id, &name_literal(&chat.user), chat.text, chat.ts))
 }
 
 /// The name as a JSON string literal, escaped once at join and reused for every relay.
@@ -236,19 +277,24 @@ pub fn presence_frame(online: usize) -> Vec<u8> {
     )
 }
 
-/// The relayed chat frame: `{"type":"chat","room":"public","user":…,"text":…,"ts":…}`.
+/// The relayed chat frame:
+/// `{"type":"chat","room":"public","id":N,"user":…,"text":…,"ts":…}`.
 ///
-/// `user` is the JSON literal from `name_literal`; `text` and `ts` are the
-/// sender's raw JSON. Built once per chat and shared by every recipient.
-pub fn chat_frame(user: &str, text: &RawValue, ts: Option<&RawValue>) -> Vec<u8> {
+/// `id` is the chat's place in the room; `user` is the JSON literal from
+/// `name_literal`; `text` and `ts` are the sender's raw JSON. Built once per
+/// chat and shared by every recipient (and by the history).
+pub fn chat_frame(id: u64, user: &str, text: &RawValue, ts: Option<&RawValue>) -> Vec<u8> {
     let ts_parts: [&[u8]; 2] = match ts {
         Some(ts) => [b",\"ts\":", ts.get().as_bytes()],
         None => [b"", b""],
     };
+    let mut digits = [0u8; 20];
     frame::server_frame(
         OpCode::Text,
         &[
-            b"{\"type\":\"chat\",\"room\":\"public\",\"user\":",
+            b"{\"type\":\"chat\",\"room\":\"public\",\"id\":",
+            decimal(id, &mut digits),
+            b",\"user\":",
             user.as_bytes(),
             b",\"text\":",
             text.get().as_bytes(),
@@ -257,6 +303,39 @@ pub fn chat_frame(user: &str, text: &RawValue, ts: Option<&RawValue>) -> Vec<u8>
             b"}",
         ],
     )
+}
+
+/// `{"type":"joined","room":"public","epoch":"E","last":M,"recovered":…}`:
+/// after the chats a join asked for, before the live ones.
+pub fn joined_frame(epoch: &str, last: u64, recovered: bool) -> Vec<u8> {
+    let mut digits = [0u8; 20];
+    frame::server_frame(
+        OpCode::Text,
+        &[
+            b"{\"type\":\"joined\",\"room\":\"public\",\"epoch\":\"",
+            epoch.as_bytes(),
+            b"\",\"last\":",
+            decimal(last, &mut digits),
+            if recovered {
+                b",\"recovered\":true}"
+            } else {
+                b",\"recovered\":false}"
+            },
+        ],
+    )
+}
+
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 /// The answer to a JSON ping: `{"type":"pong","ts":…}` (no `ts` if the ping had none).
@@ -286,7 +365,7 @@ mod tests {
     fn requests() {
         assert!(
             matches!(parse(r#"{"type":"join","room":"public","user":"alice"}"#),
-            Ok(Request::Join { user, presence: false }) if user == "alice")
+            Ok(Request::Join { user, presence: false, catchup }) if user == "alice" && !catchup.asked())
         );
         assert!(matches!(parse(r#"{"type":"join","user":"b\u00e9a"}"#),
             Ok(Request::Join { user, .. }) if user == "béa"));
@@ -388,8 +467,9 @@ mod tests {
         else {
             panic!("not a chat");
         };
-        let frame = chat_frame(&name_literal("al\"ice"), text, ts);
+        let frame = chat_frame(42, &name_literal("al\"ice"), text, ts);
         let v = payload(&frame);
+        assert_eq!(v["id"], 42);
         assert_eq!(v["type"], "chat");
         assert_eq!(v["room"], "public");
         assert_eq!(v["user"], "al\"ice");
@@ -407,10 +487,10 @@ mod tests {
     fn chats_from_the_backplane_are_checked_like_local_ones() {
         let good =
             br#"{"type":"chat","room":"public","user":"al\"ice","text":"hi","ts":3,"extra":1}"#;
-        let frame = relayed_chat_frame(good, 100).expect("a valid chat");
+        let frame = relayed_chat_frame(good, 100, 9).expect("a valid chat");
         assert_eq!(
             payload(&frame),
-            serde_json::json!({"type":"chat","room":"public","user":"al\"ice","text":"hi","ts":3})
+            serde_json::json!({"type":"chat","room":"public","id":9,"user":"al\"ice","text":"hi","ts":3})
         );
         for bad in [
             &br#"{"type":"presence","room":"public","online":-7}"#[..],
@@ -426,7 +506,7 @@ mod tests {
             b"\xff\xfe",
         ] {
             assert!(
-                relayed_chat_frame(bad, 100).is_none(),
+                relayed_chat_frame(bad, 100, 1).is_none(),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
@@ -435,8 +515,63 @@ mod tests {
             r#"{{"type":"chat","room":"public","user":"a","text":"{}"}}"#,
             "x".repeat(99)
         );
-        assert!(relayed_chat_frame(long.as_bytes(), 100).is_none());
-        assert!(relayed_chat_frame(long.as_bytes(), 101).is_some());
+        assert!(relayed_chat_frame(long.as_bytes(), 100, 1).is_none());
+        assert!(relayed_chat_frame(long.as_bytes(), 101, 1).is_some());
+    }
+
+    #[test]
+    fn a_join_may_ask_for_history_and_recovery() {
+        let catchup = |json: &str| match parse(json) {
+            Ok(Request::Join { catchup, .. }) => Ok(catchup),
+            Err(why) => Err(why),
+            Ok(other) => panic!("{other:?}"),
+        };
+        assert_eq!(
+            catchup(r#"{"type":"join","user":"a","history":50}"#),
+            Ok(Catchup {
+                history: Some(50),
+                since: None
+            })
+        );
+        assert_eq!(
+            catchup(r#"{"type":"join","user":"a","since":7,"epoch":"e1","history":3}"#),
+            Ok(Catchup {
+                history: Some(3),
+                since: Some((7, "e1".into()))
+            })
+        );
+        for bad in [
+            r#"{"type":"join","user":"a","since":7}"#,
+            r#"{"type":"join","user":"a","history":-1}"#,
+            r#"{"type":"join","user":"a","history":"10"}"#,
+            r#"{"type":"join","user":"a","since":1.5,"epoch":"e"}"#,
+            r#"{"type":"join","user":"a","since":1,"epoch":7}"#,
+        ] {
+            assert_eq!(catchup(bad), Err(Ignored::Malformed), "{bad}");
+        }
+        let long = format!(
+            r#"{{"type":"join","user":"a","since":1,"epoch":"{}"}}"#,
+            "e".repeat(65)
+        );
+        assert_eq!(catchup(&long), Err(Ignored::Malformed));
+    }
+
+    #[test]
+    fn joined_says_the_epoch_the_newest_id_and_the_outcome() {
+        assert_eq!(
+            payload(&joined_frame("3f2a", 1234567890123, true)),
+            serde_json::json!({"type":"joined","room":"public","epoch":"3f2a","last":1234567890123u64,"recovered":true})
+        );
+        assert_eq!(payload(&joined_frame("e", 0, false))["recovered"], false);
+        assert_eq!(
+            payload(&chat_frame(
+                u64::MAX,
+                "\"a\"",
+                RawValue::from_string("\"x\"".into()).unwrap().as_ref(),
+                None
+            ))["id"],
+            u64::MAX
+        );
     }
 
     #[test]

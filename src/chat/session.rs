@@ -3,7 +3,7 @@
 //! Pure decisions over the connection's chat state and the time passed in;
 //! the event loop carries them out (room membership, fan-out, closing).
 
-use crate::chat::protocol::{self, Ignored, Request};
+use crate::chat::protocol::{self, Catchup, Ignored, Request};
 use crate::chat::rate_limit::TokenBucket;
 
 /// A joined connection's identity in the room.
@@ -29,9 +29,14 @@ pub struct ChatState {
 /// What the event loop must do about one text message.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Join the room under this name (a JSON literal); `presence`: it wants the online count.
-    Join { user: Box<str>, presence: bool },
-    /// Relay this frame to every other joined connection.
+    /// Join the room under this name (a JSON literal); `presence`: it wants
+    /// the online count; `catchup`: the chats to send it first.
+    Join {
+        user: Box<str>,
+        presence: bool,
+        catchup: Catchup,
+    },
+    /// Relay this frame (it carries the id it was given) to every other joined connection.
     Relay(Vec<u8>),
     /// Send this frame back to the sender.
     Reply(Vec<u8>),
@@ -54,8 +59,9 @@ impl ChatState {
         }
     }
 
-    /// Decides what a text message from this connection does at `now` (ms).
-    pub fn on_text(&mut self, text: &str, now: u64) -> Outcome {
+    /// Decides what a text message from this connection does at `now` (ms);
+    /// a chat relayed gets the room's next id, `next_id`.
+    pub fn on_text(&mut self, text: &str, now: u64, next_id: u64) -> Outcome {
         let request = match protocol::parse(text) {
             Ok(request) => request,
             Err(why) => return Outcome::Ignored(why),
@@ -64,14 +70,21 @@ impl ChatState {
             Request::Join { .. } if self.member.is_some() => {
                 Outcome::Ignored(Ignored::AlreadyJoined)
             }
-            Request::Join { user, presence } => Outcome::Join {
+            Request::Join {
+                user,
+                presence,
+                catchup,
+            } => Outcome::Join {
                 user: protocol::name_literal(&user),
                 presence,
+                catchup,
             },
             Request::Chat { text, ts } => match &self.member {
                 None => Outcome::Ignored(Ignored::NotJoined),
                 Some(_) if !self.bucket.try_take(now) => Outcome::RateLimited,
-                Some(member) => Outcome::Relay(protocol::chat_frame(&member.user, text, ts)),
+                Some(member) => {
+                    Outcome::Relay(protocol::chat_frame(next_id, &member.user, text, ts))
+                }
             },
             Request::Ping { ts } => Outcome::Reply(protocol::pong_frame(ts)),
             Request::Pong => Outcome::Keepalive,
@@ -86,9 +99,10 @@ mod tests {
 
     fn joined(now: u64) -> ChatState {
         let mut chat = ChatState::new(now);
-        let Outcome::Join { user, presence } = chat.on_text(
+        let Outcome::Join { user, presence, .. } = chat.on_text(
             r#"{"type":"join","room":"public","user":"alice","presence":true}"#,
             now,
+            7,
         ) else {
             panic!("join refused");
         };
@@ -105,12 +119,12 @@ mod tests {
     fn chat_before_join_is_ignored_and_a_second_join_too() {
         let mut chat = ChatState::new(0);
         assert!(matches!(
-            chat.on_text(r#"{"type":"chat","text":"hi"}"#, 0),
+            chat.on_text(r#"{"type":"chat","text":"hi"}"#, 0, 7),
             Outcome::Ignored(Ignored::NotJoined)
         ));
         let mut chat = joined(0);
         assert!(matches!(
-            chat.on_text(r#"{"type":"join","user":"bob"}"#, 0),
+            chat.on_text(r#"{"type":"join","user":"bob"}"#, 0, 7),
             Outcome::Ignored(Ignored::AlreadyJoined)
         ));
     }
@@ -118,15 +132,17 @@ mod tests {
     #[test]
     fn chats_are_stamped_with_the_joined_name() {
         let mut chat = joined(0);
-        let Outcome::Relay(frame) =
-            chat.on_text(r#"{"type":"chat","user":"mallory","text":"hi","ts":3}"#, 0)
-        else {
+        let Outcome::Relay(frame) = chat.on_text(
+            r#"{"type":"chat","user":"mallory","text":"hi","ts":3}"#,
+            0,
+            7,
+        ) else {
             panic!("not relayed");
         };
         let text = String::from_utf8_lossy(&frame[2..]);
         assert_eq!(
             text,
-            r#"{"type":"chat","room":"public","user":"alice","text":"hi","ts":3}"#
+            r#"{"type":"chat","room":"public","id":7,"user":"alice","text":"hi","ts":3}"#
         );
     }
 
@@ -136,18 +152,18 @@ mod tests {
         let relayed = (0..25)
             .filter(|_| {
                 matches!(
-                    chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_000),
+                    chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_000, 7),
                     Outcome::Relay(_)
                 )
             })
             .count();
         assert_eq!(relayed, 10);
         assert!(matches!(
-            chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_000),
+            chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_000, 7),
             Outcome::RateLimited
         ));
         assert!(matches!(
-            chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_100),
+            chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_100, 7),
             Outcome::Relay(_)
         ));
     }
@@ -156,19 +172,19 @@ mod tests {
     fn ping_pong_leave() {
         let mut chat = ChatState::new(0);
         assert!(matches!(
-            chat.on_text(r#"{"type":"ping","ts":9}"#, 0),
+            chat.on_text(r#"{"type":"ping","ts":9}"#, 0, 7),
             Outcome::Reply(_)
         ));
         assert!(matches!(
-            chat.on_text(r#"{"type":"pong"}"#, 0),
+            chat.on_text(r#"{"type":"pong"}"#, 0, 7),
             Outcome::Keepalive
         ));
         assert!(matches!(
-            chat.on_text(r#"{"type":"leave"}"#, 0),
+            chat.on_text(r#"{"type":"leave"}"#, 0, 7),
             Outcome::Leave
         ));
         assert!(matches!(
-            chat.on_text("{oops", 0),
+            chat.on_text("{oops", 0, 7),
             Outcome::Ignored(Ignored::Malformed)
         ));
     }

@@ -18,6 +18,7 @@
 
 pub mod close_cause;
 pub mod connection;
+pub mod history;
 pub mod ip_limit;
 pub mod outbox;
 pub mod room;
@@ -31,7 +32,7 @@ use std::rc::Rc;
 
 use slab::Slab;
 
-use crate::chat::protocol;
+use crate::chat::protocol::{self, Catchup};
 use crate::chat::session::{ChatState, Member, Outcome};
 use crate::config::Config;
 use crate::http::{Head, MAX_HEAD, Origins, Reject, Route, response};
@@ -40,6 +41,7 @@ use crate::websocket::frame::{self, OpCode, Role};
 use crate::websocket::message::{Event, Limits, MessageReader};
 use close_cause::{After, CloseCause};
 use connection::{Connection, Phase};
+use history::{History, Since};
 use ip_limit::IpLimit;
 use outbox::FRAME_COST;
 use room::Room;
@@ -94,6 +96,18 @@ pub enum Action {
 /// Reports the Redis backplane's state for `/health` and `/stats`.
 pub type BackplaneProbe = Box<dyn Fn() -> BackplaneStats>;
 
+/// What the driver decides for the engine beside the flags.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The connection limit in force.
+    pub max_conns: usize,
+    /// Hand accepted chats out as `Action::Publish` (for the backplane).
+    pub publish: bool,
+    /// This room's epoch: chosen at random at start, so clients can tell
+    /// that the history they knew is gone.
+    pub epoch: String,
+}
+
 /// The whole server's state, without I/O.
 pub struct Engine {
     config: Config,
@@ -102,6 +116,9 @@ pub struct Engine {
     max_conns: usize,
     /// Chats accepted here are handed out as `Action::Publish`.
     publish: bool,
+    /// The room's recent chats, and the ids chats get.
+    history: History,
+    epoch: Box<str>,
     conns: Slab<Connection>,
     next_id: u32,
     /// `Some` when `--max-conns-per-ip` is set.
@@ -157,15 +174,16 @@ enum Reaction {
 }
 
 impl Engine {
-    /// An engine for `config`, started at `now`. `max_conns` is the limit in
-    /// force; `publish` hands accepted chats out for the backplane.
-    pub fn new(config: Config, max_conns: usize, publish: bool, now: u64) -> Self {
+    /// An engine for `config` and `options`, started at `now`.
+    pub fn new(config: Config, options: Options, now: u64) -> Self {
         let ip_limit = (config.max_conns_per_ip > 0).then(|| IpLimit::new(config.max_conns_per_ip));
         Self {
             origins: Origins::from_flags(&config.allowed_origins),
+            history: History::new(config.history, config.history_bytes),
+            epoch: options.epoch.into(),
             config,
-            max_conns,
-            publish,
+            max_conns: options.max_conns,
+            publish: options.publish,
             conns: Slab::new(),
             next_id: 0,
             ip_limit,
@@ -404,7 +422,8 @@ impl Engine {
     /// like a local chat and, if valid, serialized into a frame once and
     /// relayed to every member here; else dropped and counted.
     pub fn handle_remote_chat(&mut self, json: &[u8], now: u64) {
-        match protocol::relayed_chat_frame(json, self.config.max_message_size) {
+        let id = self.history.next_id();
+        match protocol::relayed_chat_frame(json, self.config.max_message_size, id) {
             Some(frame) => self.relay(None, frame.into(), now),
             None => self.stats.backplane_rejected += 1,
         }
@@ -658,7 +677,8 @@ impl Engine {
             };
             pos += used;
             if let Some(event) = event {
-                let reaction = react(event, chat, echo, now);
+                // Each chat relayed takes the next id: ask anew for every event.
+                let reaction = react(event, chat, echo, now, self.history.next_id());
                 self.apply(key, reaction, now);
             }
         }
@@ -677,7 +697,11 @@ impl Engine {
                 }
                 self.drain(key, now);
             }
-            Reaction::Chat(Outcome::Join { user, presence }) => self.join(key, user, presence),
+            Reaction::Chat(Outcome::Join {
+                user,
+                presence,
+                catchup,
+            }) => self.join(key, user, presence, &catchup),
             Reaction::Chat(Outcome::Relay(frame)) => {
                 let frame: Rc<[u8]> = frame.into();
                 if self.publish {
@@ -695,7 +719,17 @@ impl Engine {
 
     // ---- The room --------------------------------------------------------
 
-    fn join(&mut self, key: usize, user: Box<str>, presence: bool) {
+    fn join(&mut self, key: usize, user: Box<str>, presence: bool, catchup: &Catchup) {
+        if !matches!(
+            self.conns.get(key).map(|c| &c.phase),
+            Some(Phase::Open { .. })
+        ) {
+            return;
+        }
+        // Before membership, so no live chat can come between the replay and `joined`.
+        if catchup.asked() {
+            self.catch_up(key, catchup);
+        }
         let Some(chat) = self.conns.get_mut(key).and_then(Connection::chat_mut) else {
             return;
         };
@@ -713,6 +747,63 @@ impl Engine {
             self.stats.presence_sent += 1;
             self.queue(key, protocol::presence_frame(self.room.len()).into());
         }
+    }
+
+    /// Sends a joining connection the chats its join asked for, oldest first,
+    /// then `joined` with the epoch, the newest id and whether that is all
+    /// it asked for. The frames are the history's own (reference counts, no
+    /// copy), charged to the connection's queue like any other; a replay
+    /// takes at most half of `--max-backlog`, newest first, so it cannot
+    /// make the joiner a slow consumer by itself (what does not fit is a
+    /// gap, and the recovery is incomplete).
+    fn catch_up(&mut self, key: usize, catchup: &Catchup) {
+        let most = self.config.history as u64;
+        let recent = |want: Option<u64>| want.map_or(most, |k| k.min(most)) as usize;
+        let (chats, mut complete) = match &catchup.since {
+            Some((seen, epoch)) if **epoch == *self.epoch && *seen <= self.history.last() => {
+                match self.history.since(*seen) {
+                    Since::All(chats) => (chats, true),
+                    Since::Gap(chats) => (chats, false),
+                }
+            }
+            // Another epoch (the server restarted) or an id never given here:
+            // what is kept is all there is to offer.
+            Some(_) => (self.history.recent(recent(catchup.history)), false),
+            None => {
+                let chats = self.history.recent(recent(catchup.history));
+                // Complete if nothing asked for is gone (a young room has fewer).
+                let asked = catchup.history.unwrap_or(most);
+                let complete = chats.len() as u64 >= asked.min(self.history.last());
+                (chats, complete)
+            }
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let budget = (self.config.max_backlog / 2).saturating_sub(conn.outbox.cost());
+        let mut spent = 0;
+        let fit = chats
+            .iter()
+            .rev()
+            .take_while(|chat| {
+                spent += chat.len() + FRAME_COST;
+                spent <= budget
+            })
+            .count();
+        complete &= fit == chats.len();
+        for chat in &chats[chats.len() - fit..] {
+            conn.outbox.push(Rc::clone(chat));
+        }
+        self.stats.history_joins += 1;
+        self.stats.history_chats_sent += fit as u64;
+        if catchup.since.is_some() {
+            *match complete {
+                true => &mut self.stats.recoveries_complete,
+                false => &mut self.stats.recoveries_incomplete,
+            } += 1;
+        }
+        let joined = protocol::joined_frame(&self.epoch, self.history.last(), complete);
+        self.queue(key, joined.into());
     }
 
     /// Takes a member out of the room and the watchers; only `transition` calls it.
@@ -780,6 +871,8 @@ impl Engine {
     /// chats it got, in one `writev`.
     fn relay(&mut self, sender: Option<usize>, frame: Rc<[u8]>, now: u64) {
         self.stats.chats_relayed += 1;
+        // Kept for joins that ask for it: the same frame, one more reference.
+        self.history.push(Rc::clone(&frame));
         let limit = self.config.max_backlog;
         let mut delivered = 0;
         for &key in self.room.members() {
@@ -1034,8 +1127,15 @@ impl Engine {
     }
 }
 
-/// Decides what one event from an open or closing connection means.
-fn react(event: Event<'_>, chat: Option<&mut ChatState>, echo: bool, now: u64) -> Reaction {
+/// Decides what one event from an open or closing connection means; a chat
+/// relayed gets the room's next id, `next_id`.
+fn react(
+    event: Event<'_>,
+    chat: Option<&mut ChatState>,
+    echo: bool,
+    now: u64,
+    next_id: u64,
+) -> Reaction {
     let pong = |payload: &[u8]| Reaction::Pong(frame::server_frame(OpCode::Pong, &[payload]));
     let Some(chat) = chat else {
         // Closing: we sent our close. Pings are still answered (RFC 6455 §5.5.2)
@@ -1053,7 +1153,7 @@ fn react(event: Event<'_>, chat: Option<&mut ChatState>, echo: bool, now: u64) -
         Event::Binary(data) if echo => {
             Reaction::Reply(frame::server_frame(OpCode::Binary, &[data]))
         }
-        Event::Text(text) => Reaction::Chat(chat.on_text(text, now)),
+        Event::Text(text) => Reaction::Chat(chat.on_text(text, now, next_id)),
         Event::Binary(_) => Reaction::IgnoredBinary,
         Event::Ping(payload) => pong(payload),
         Event::Pong(_) => Reaction::Nothing,

@@ -59,6 +59,12 @@ pub struct Counters {
     pub accept_pauses: u64,
     /// Messages from the Redis channel that were not a valid chat, dropped.
     pub backplane_rejected: u64,
+    /// Joins that asked for `history` or `since`, and the chats sent them.
+    pub history_joins: u64,
+    pub history_chats_sent: u64,
+    /// Joins with `since` that got every chat they missed, or not.
+    pub recoveries_complete: u64,
+    pub recoveries_incomplete: u64,
 }
 
 /// The Redis backplane's link state and counters (with `--redis`).

@@ -33,7 +33,15 @@ impl Driver {
         let config = Config::from_args(std::iter::once("test").chain(args.iter().copied()))
             .expect("valid flags");
         Self {
-            engine: Engine::new(config, 100, true, 0),
+            engine: Engine::new(
+                config,
+                Options {
+                    max_conns: 100,
+                    publish: true,
+                    epoch: "test-epoch".into(),
+                },
+                0,
+            ),
             now: 0,
             written: BTreeMap::new(),
             blocked: Vec::new(),
@@ -152,7 +160,9 @@ fn a_chat_reaches_every_other_member_stamped_once() {
         let got = d.texts(key);
         assert_eq!(
             got,
-            [serde_json::json!({"type":"chat","room":"public","user":"a","text":"hi","ts":1})]
+            [
+                serde_json::json!({"type":"chat","room":"public","id":1,"user":"a","text":"hi","ts":1})
+            ]
         );
     }
     assert!(d.texts(a).is_empty() && d.texts(lurker).is_empty());

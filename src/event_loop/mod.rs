@@ -21,7 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::Config;
-use crate::engine::{Action, Engine, READ_BUF};
+use crate::engine::{Action, Engine, Options, READ_BUF};
 use backplane::{Backplane, Target};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -107,7 +107,12 @@ impl Server {
             .saturating_sub(RESERVED_FDS)
             .clamp(1, crate::config::MAX_CONNS as u64) as usize;
         let max_conns = config.max_conns.unwrap_or(default_max);
-        let mut engine = Engine::new(config, max_conns, backplane.is_some(), 0);
+        let options = Options {
+            max_conns,
+            publish: backplane.is_some(),
+            epoch: random_epoch(),
+        };
+        let mut engine = Engine::new(config, options, 0);
         if let Some(backplane) = &backplane {
             engine.set_backplane_probe(backplane.probe());
         }
@@ -340,4 +345,15 @@ impl Server {
             backplane.drain(|chat| self.engine.handle_remote_chat(chat, now));
         }
     }
+}
+
+/// 64 random bits in hex, new at each start (std's OS-seeded hash keys, and
+/// the time): the room's epoch.
+fn random_epoch() -> String {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    format!(
+        "{:016x}",
+        state.hash_one((std::process::id(), std::time::SystemTime::now()))
+    )
 }

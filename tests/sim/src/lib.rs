@@ -31,9 +31,11 @@ use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::{Message, WebSocket};
 use websocket_public_chat::config::Config;
 use websocket_public_chat::engine::stats::Counters;
-use websocket_public_chat::engine::{Action, Engine};
+use websocket_public_chat::engine::{Action, Engine, Options};
 use websocket_public_chat::websocket::frame::{self, OpCode, Role};
 
+/// The epoch the simulated room has.
+const EPOCH: &str = "sim-epoch";
 /// Events kept for a failure report.
 const HISTORY: usize = 60;
 /// A valid upgrade request, for the raw clients.
@@ -241,13 +243,22 @@ struct Pinger {
 
 struct Client {
     name: String,
+    /// The person behind it: a client that reconnects is a new `Client` of the same person.
+    person: usize,
     key: usize,
     wire: Rc<RefCell<Wire>>,
     peer: Peer,
     tap: Tap,
-    /// Chats are numbered per client: the text starts with `name:seq`.
-    seq: u32,
     join_sent: bool,
+    joins_sent: u32,
+    /// For a reconnection: the newest id the person had seen (its join asks `since`).
+    since: Option<u64>,
+    /// The join sent asked for `history` (this many) or `since`: chats come before `joined`.
+    asked: Option<Option<u64>>,
+    /// Ids of the chats sent before `joined`.
+    replayed: Vec<u64>,
+    /// `joined`: the newest id then, and whether the catch-up was complete.
+    joined: Option<(u64, bool)>,
     /// Index into the log where membership began and ended.
     member_since: Option<usize>,
     member_until: Option<usize>,
@@ -272,11 +283,22 @@ struct Client {
     eof_delivered: bool,
 }
 
-/// A chat the room accepted, in the order the engine relayed them.
+/// A chat the room accepted, in the order the engine relayed them (its id
+/// is its place in this log, from 1).
 struct Relayed {
-    user: String,
+    /// The connection (client index) it came from; `None`: the backplane.
+    sender: Option<usize>,
     /// `name:seq`, the start of its text.
     id: String,
+}
+
+/// Someone using the room, over one connection after another.
+struct Person {
+    name: String,
+    /// Chats are numbered per person: the text starts with `name:seq`.
+    seq: u32,
+    /// The newest chat id this person has received.
+    last_seen: u64,
 }
 
 /// A chat's id: its text up to the padding.
@@ -307,6 +329,9 @@ impl Default for Settings {
             "10",
             "--handshake-timeout",
             "3",
+            // A short history, so clients that come back often find a gap.
+            "--history",
+            "40",
         ];
         Self {
             flags: flags.iter().map(|f| f.to_string()).collect(),
@@ -337,7 +362,15 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
     let args = std::iter::once("sim".to_string()).chain(settings.flags.iter().cloned());
     let config = Config::from_args(args).map_err(|e| format!("bad flags: {e}"))?;
     let mut sim = Sim {
-        engine: Engine::new(config, settings.max_clients * 2, true, 0),
+        engine: Engine::new(
+            config,
+            Options {
+                max_conns: settings.max_clients * 2,
+                publish: true,
+                epoch: EPOCH.into(),
+            },
+            0,
+        ),
         now: 0,
         clients: Vec::new(),
         by_key: BTreeMap::new(),
@@ -349,6 +382,9 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
         finished: false,
         max_clients: settings.max_clients,
         shutdown_requested: false,
+        persons: Vec::new(),
+        reading_from: None,
+        away: Vec::new(),
     };
     let outcome = sim
         .steps(source, settings.steps)
@@ -378,6 +414,11 @@ struct Sim {
     finished: bool,
     max_clients: usize,
     shutdown_requested: bool,
+    persons: Vec<Person>,
+    /// The client whose bytes the engine is reading now: the sender of what it publishes.
+    reading_from: Option<usize>,
+    /// People whose connection dropped, who will come back.
+    away: Vec<usize>,
 }
 
 /// Counters that account for a connection closed without a clean end.
@@ -417,7 +458,8 @@ impl Sim {
                     self.note(format!("time +{ms} ms"));
                 }
                 91..=94 => self.remote_chat(source),
-                95..=96 => self.disconnect(source),
+                95 => self.disconnect(source),
+                96 => self.come_back(source),
                 _ => {
                     if source.below(100) == Some(0) {
                         self.note("shutdown".into());
@@ -484,12 +526,14 @@ impl Sim {
                     .ok_or("published a bad frame")?;
                 let json: serde_json::Value = serde_json::from_slice(&frame[len..])
                     .map_err(|e| format!("published bad JSON: {e}"))?;
-                let (Some(user), Some(text)) = (json["user"].as_str(), json["text"].as_str())
-                else {
+                let (Some(_), Some(text)) = (json["user"].as_str(), json["text"].as_str()) else {
                     return Err(format!("published {json} ({header:?})"));
                 };
+                if json["id"].as_u64() != Some(self.log.len() as u64 + 1) {
+                    return Err(format!("chat {} relayed as {json}", self.log.len() + 1));
+                }
                 self.log.push(Relayed {
-                    user: user.into(),
+                    sender: self.reading_from,
                     id: chat_id(text),
                 });
             }
@@ -548,6 +592,18 @@ impl Sim {
     // ---- Steps -----------------------------------------------------------
 
     fn connect(&mut self, source: &mut impl Source) {
+        // Now and then someone who dropped earlier comes back (perhaps after
+        // more chats than the history keeps).
+        let returning = match self.away.is_empty() {
+            false if source.below(2) == Some(0) => Some(self.away.remove(0)),
+            _ => None,
+        };
+        self.open_client(source, returning);
+    }
+
+    /// A new connection: of a new person, or of `person` coming back (its
+    /// join then asks for what it missed since the newest id it saw).
+    fn open_client(&mut self, source: &mut impl Source, returning: Option<usize>) {
         if !self.listening || self.by_key.len() >= self.max_clients {
             return;
         }
@@ -558,15 +614,24 @@ impl Sim {
             1 + source.below(3).unwrap_or(0) as u8,
         ));
         let key = self.engine.handle_accept(ip, self.now);
-        let name = format!("c{}", self.clients.len());
+        let person = returning.unwrap_or_else(|| {
+            self.persons.push(Person {
+                name: format!("c{}", self.clients.len()),
+                seq: 0,
+                last_seen: 0,
+            });
+            self.persons.len() - 1
+        });
+        let name = self.persons[person].name.clone();
+        let since = returning.map(|p| self.persons[p].last_seen);
         let wire = Rc::new(RefCell::new(Wire::default()));
         {
             let mut w = wire.borrow_mut();
             w.up.cap = 64 + source.below(16_384).unwrap_or(0) as usize;
             w.down.cap = 64 + source.below(4_096).unwrap_or(0) as usize;
         }
-        let raw = source.below(5) == Some(0);
-        let pinger = source.below(6) == Some(0);
+        let raw = returning.is_none() && source.below(5) == Some(0);
+        let pinger = returning.is_none() && source.below(6) == Some(0);
         let peer = if pinger {
             wire.borrow_mut().up.bytes.extend(UPGRADE);
             Peer::Pinger(Pinger::default())
@@ -593,8 +658,13 @@ impl Sim {
             wire,
             peer,
             tap: Tap::default(),
-            seq: 0,
+            person,
             join_sent: false,
+            joins_sent: 0,
+            since,
+            asked: None,
+            replayed: Vec::new(),
+            joined: None,
             member_since: None,
             member_until: None,
             received: Vec::new(),
@@ -629,8 +699,34 @@ impl Sim {
             choice = 0;
         }
         client.join_sent |= choice < 15;
+        // A join may ask for history; a returning client's asks for what it missed.
+        let catchup = match client.since {
+            Some(seen) => Some(serde_json::json!({"since": seen, "epoch": EPOCH})),
+            None => source
+                .below(3)
+                .filter(|n| *n == 0)
+                .map(|_| serde_json::json!({"history": source.below(120).unwrap_or(0)})),
+        };
+        let person = &mut self.persons[client.person];
         let note = match &mut client.peer {
-            Peer::Ws(ws) => ws_act(ws, client.name.as_str(), &mut client.seq, choice, source),
+            Peer::Ws(ws) => {
+                let note = ws_act(
+                    ws,
+                    &person.name,
+                    &mut person.seq,
+                    choice,
+                    catchup.as_ref(),
+                    source,
+                );
+                // Only the first join counts: later ones are ignored.
+                if note.starts_with("joins") {
+                    client.joins_sent += 1;
+                    if client.joins_sent == 1 {
+                        client.asked = catchup.map(|c| c["history"].as_u64());
+                    }
+                }
+                note
+            }
             Peer::Raw => raw_act(&client.wire, &client.name, choice, source),
             Peer::Pinger(pinger) => {
                 pinger_act(pinger, &client.wire, &client.tap, &client.name, choice)
@@ -706,6 +802,7 @@ impl Sim {
         let n = 1 + source.below(most).unwrap_or(most - 1) as usize;
         let mut bytes: Vec<u8> = wire.up.bytes.drain(..n).collect();
         drop(wire);
+        self.reading_from = Some(index);
         self.engine.handle_bytes(key, &mut bytes, self.now);
         let name = self.clients[index].name.clone();
         self.note(format!("{name}: server read {n} bytes"));
@@ -832,10 +929,31 @@ impl Sim {
                                 events.push(format!("non-JSON text {text}"));
                                 continue;
                             };
-                            if json["type"] == "chat"
-                                && let Some(text) = json["text"].as_str()
-                            {
-                                client.received.push(chat_id(text));
+                            let id = json["id"].as_u64().unwrap_or(0);
+                            match json["type"].as_str() {
+                                Some("chat")
+                                    if client.asked.is_some() && client.joined.is_none() =>
+                                {
+                                    client.replayed.push(id);
+                                }
+                                Some("chat") => {
+                                    if let Some(text) = json["text"].as_str() {
+                                        client.received.push(chat_id(text));
+                                    }
+                                }
+                                Some("joined") => {
+                                    if json["epoch"] != EPOCH {
+                                        events
+                                            .push(format!("a joined with the wrong epoch: {json}"));
+                                    }
+                                    let last = json["last"].as_u64().unwrap_or(u64::MAX);
+                                    client.joined = Some((last, json["recovered"] == true));
+                                }
+                                _ => {}
+                            }
+                            if json["type"] == "chat" {
+                                let person = &mut self.persons[client.person];
+                                person.last_seen = person.last_seen.max(id);
                             }
                         }
                         Ok(Message::Close(frame)) => {
@@ -876,7 +994,7 @@ impl Sim {
         let json =
             format!(r#"{{"type":"chat","room":"public","user":"remote","text":"{text} {pad}"}}"#);
         self.log.push(Relayed {
-            user: "remote".into(),
+            sender: None,
             id: text.clone(),
         });
         self.engine.handle_remote_chat(json.as_bytes(), self.now);
@@ -885,9 +1003,32 @@ impl Sim {
 
     /// A client vanishes: a FIN or a reset, without a close frame.
     fn disconnect(&mut self, source: &mut impl Source) {
+        if let Some(index) = self.pick_live(source) {
+            self.drop_client(index, source);
+        }
+    }
+
+    /// A member's connection drops (a train tunnel) and it comes back on a
+    /// new one, asking for what it missed since the newest id it saw.
+    fn come_back(&mut self, source: &mut impl Source) {
         let Some(index) = self.pick_live(source) else {
             return;
         };
+        let client = &self.clients[index];
+        if !matches!(client.peer, Peer::Ws(_)) || client.member_since.is_none() {
+            return;
+        }
+        let person = client.person;
+        self.drop_client(index, source);
+        match source.below(2) {
+            // Back at once, or some time later (see `connect`).
+            Some(0) => self.open_client(source, Some(person)),
+            _ => self.away.push(person),
+        }
+    }
+
+    /// The client vanishes without a close frame: a FIN or a reset.
+    fn drop_client(&mut self, index: usize, source: &mut impl Source) {
         let reset = source.below(2) == Some(0);
         let client = &mut self.clients[index];
         client.reading = false;
@@ -943,6 +1084,7 @@ impl Sim {
                     let n = w.up.bytes.len().min(limit);
                     let mut bytes: Vec<u8> = w.up.bytes.drain(..n).collect();
                     drop(w);
+                    self.reading_from = Some(index);
                     self.engine.handle_bytes(key, &mut bytes, self.now);
                     self.after_call()?;
                 }
@@ -976,6 +1118,73 @@ impl Sim {
         })
     }
 
+    /// What a join that asked for history or recovery got: chats before
+    /// `joined`, each once and in order, after the id it asked `since`, up to
+    /// the `last` it was told; with `recovered`, every chat of that range
+    /// (after `since`, or the newest it asked for).
+    fn verify_catchup(&self, index: usize) -> Result<(), String> {
+        let client = &self.clients[index];
+        let name = &client.name;
+        let (Some(asked), Some((last, recovered))) = (client.asked, client.joined) else {
+            // Everything before the server's close frame, or all of an open
+            // connection, was read: then `joined` must have come.
+            let read_all = client.attentive
+                && client.wire.borrow().down.bytes.is_empty()
+                && (client.saw_close.is_some() || (!client.closed && !self.finished));
+            if client.asked.is_some()
+                && client.member_since.is_some()
+                && read_all
+                && !client.replayed.is_empty()
+            {
+                return Err(format!(
+                    "{name} got chats {:?} before a `joined` that never came (member from {:?}, \
+                     close seen {:?}, socket closed {})",
+                    client.replayed, client.member_since, client.saw_close, client.closed
+                ));
+            }
+            return Ok(());
+        };
+        // Membership shows here after the call that joined; chats the client
+        // itself sent in that call may come between. (A join and a leave read
+        // in one piece never show as membership at all.)
+        if let Some(member_since) = client.member_since {
+            let between = self
+                .log
+                .get(last as usize..member_since)
+                .unwrap_or_default();
+            if (member_since as u64) < last || between.iter().any(|c| c.sender != Some(index)) {
+                return Err(format!(
+                    "{name} was told the newest id is {last}, but joined after chat {member_since}"
+                ));
+            }
+        }
+        let replayed = &client.replayed;
+        let first = client.since.map_or(1, |seen| seen + 1);
+        if replayed.windows(2).any(|w| w[0] >= w[1])
+            || replayed.iter().any(|&id| id < first || id > last)
+        {
+            return Err(format!(
+                "{name} since {:?} got {replayed:?} before `joined` (last {last})",
+                client.since
+            ));
+        }
+        if recovered {
+            let want: Vec<u64> = match (client.since, asked) {
+                (Some(_), _) => (first..=last).collect(),
+                (None, k) => {
+                    let count = k.unwrap_or(100).min(100).min(last);
+                    (last + 1 - count..=last).collect()
+                }
+            };
+            if *replayed != want {
+                return Err(format!(
+                    "{name} was told it recovered, got {replayed:?}, missed {want:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// What every client saw, against the log of relayed chats.
     fn verify(&self) -> Result<Report, String> {
         let mut report = Report {
@@ -985,7 +1194,7 @@ impl Sim {
         };
         let stats = self.engine.stats();
         let mut slow = 0;
-        for client in &self.clients {
+        for (index, client) in self.clients.iter().enumerate() {
             if client.tap.close.is_some() && !client.closed && !self.finished {
                 return Err(format!("{}: the server's close never ended", client.name));
             }
@@ -1002,6 +1211,7 @@ impl Sim {
                     client.name, client.tap.max_pong
                 ));
             }
+            self.verify_catchup(index)?;
             let Some(since) = client.member_since else {
                 if !client.received.is_empty() {
                     return Err(format!("{} got chats without joining", client.name));
@@ -1011,7 +1221,7 @@ impl Sim {
             let until = client.member_until.unwrap_or(self.log.len());
             let expected: Vec<&str> = self.log[since..until]
                 .iter()
-                .filter(|chat| chat.user != client.name)
+                .filter(|chat| chat.sender != Some(index))
                 .map(|chat| chat.id.as_str())
                 .collect();
             let got: Vec<&str> = client.received.iter().map(String::as_str).collect();
@@ -1074,6 +1284,7 @@ fn ws_act(
     name: &str,
     seq: &mut u32,
     choice: u64,
+    catchup: Option<&serde_json::Value>,
     source: &mut impl Source,
 ) -> String {
     let chat = |ws: &mut WebSocket<ClientEnd>, seq: &mut u32, pad: usize| {
@@ -1084,9 +1295,17 @@ fn ws_act(
     };
     match choice {
         0..=14 => {
-            let json = serde_json::json!({"type": "join", "user": name, "presence": choice.is_multiple_of(2)});
+            let mut json = serde_json::json!({"type": "join", "user": name, "presence": choice.is_multiple_of(2)});
+            if let (Some(object), Some(fields)) =
+                (json.as_object_mut(), catchup.and_then(|c| c.as_object()))
+            {
+                object.extend(fields.clone());
+            }
             send(ws, Message::text(json.to_string()));
-            "joins".to_string()
+            format!(
+                "joins {}",
+                catchup.map(|c| c.to_string()).unwrap_or_default()
+            )
         }
         15..=57 => {
             let pad = source.below(1200).unwrap_or(0) as usize;

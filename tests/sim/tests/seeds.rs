@@ -34,7 +34,8 @@ fn summary(reports: &[Report]) -> String {
     format!(
         "{} runs ({} with a shutdown): {} chats relayed, {} deliveries; members checked: {} exactly, \
          {} as a prefix; closes: {} slow consumer, {} keepalive, {} protocol, {} by leave, {} by client, \
-         {} close waits and {} lingers timed out; {} read pauses, {} refusals",
+         {} close waits and {} lingers timed out; {} read pauses, {} refusals; {} joins asked \
+         for history or recovery, {} recoveries complete, {} incomplete",
         reports.len(),
         sum(|r| u64::from(r.shutdown)),
         sum(|r| r.chats as u64),
@@ -52,6 +53,9 @@ fn summary(reports: &[Report]) -> String {
         sum(|r| r.counters.linger_timeouts),
         sum(|r| r.counters.read_pauses),
         sum(|r| r.counters.http_not_found + r.counters.http_bad_request),
+        sum(|r| r.counters.history_joins),
+        sum(|r| r.counters.recoveries_complete),
+        sum(|r| r.counters.recoveries_incomplete),
     )
 }
 
