@@ -92,6 +92,9 @@ pub struct Config {
 
 /// Largest `--max-message-size` and `--max-backlog`: 1 GiB.
 const MAX_BYTES: usize = 1 << 30;
+/// Largest `--max-message-size` with `--redis`: 1 MiB, well inside Redis's
+/// default pub/sub output buffer limits and the backplane's 8 MiB queue.
+pub const MAX_MESSAGE_WITH_REDIS: usize = 1 << 20;
 /// Smallest `--max-backlog`: what one loop turn queues for a reader counts
 /// against it, so it must hold a burst of ordinary chats.
 const MIN_BACKLOG: usize = 16 << 10;
@@ -119,6 +122,14 @@ impl Config {
         };
         if let Some(url) = &config.redis {
             check_redis_url(url)?;
+            if config.max_message_size > MAX_MESSAGE_WITH_REDIS {
+                // One chat goes to every subscriber's output buffer at once,
+                // and Redis cuts a subscriber off past 32 MiB (or 8 MiB for
+                // 60 s) by default: a larger chat would cut every instance off.
+                return Err(format!(
+                    "--max-message-size may be at most {MAX_MESSAGE_WITH_REDIS} with --redis"
+                ));
+            }
         }
         if let Some(path) = &config.redis_ca
             && let Err(e) = std::fs::read(path)
@@ -159,21 +170,31 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 /// `url` with any password replaced by `***`, for messages: a Redis URL
 /// with its password is never printed.
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let scheme = ["redis://", "rediss://"].into_iter().find(|scheme| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    });
+    let Some(scheme) = scheme else {
+        // A mistyped scheme may still hold a password anywhere.
+        return "(URL not shown)".into();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((userinfo, host)) => {
-            // A user name stays; a password, or userinfo that may be one, does not.
-            let hidden = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => "***".to_string(),
-            };
-            format!("{scheme}://{hidden}@{host}{}", &rest[authority_end..])
-        }
-        None => url.to_string(),
-    }
+    let (scheme, rest) = url.split_at(scheme.len());
+    // A password may hold any character, '/', '?', '#' and '@' included, so
+    // everything up to the last '@' is taken for userinfo.
+    let (hidden, after) = match rest.rsplit_once('@') {
+        // A user name stays; a password, or userinfo that may be one, does not.
+        Some((userinfo, after)) => match userinfo.split_once(':') {
+            Some((user, _)) => (format!("{user}:***@"), after),
+            None => ("***@".into(), after),
+        },
+        None => (String::new(), rest),
+    };
+    // A query may carry a password too (`?password=`).
+    let after = match after.split_once('?') {
+        Some((before, _)) => format!("{before}?***"),
+        None => after.into(),
+    };
+    format!("{scheme}{hidden}{after}")
 }
 
 /// A whole number from `min` to `max`.
@@ -273,7 +294,15 @@ mod tests {
             ("redis://sekret@host", "redis://***@host"),
             ("redis://host:6379/", "redis://host:6379/"),
             ("redis://:p@ss:w@rd@host/#x", "redis://:***@host/#x"),
-            ("not a url", "not a url"),
+            ("redis://:pa/ss@127.0.0.1:1/", "redis://:***@127.0.0.1:1/"),
+            ("redis://:ab#cd@h", "redis://:***@h"),
+            ("redis://:ab?cd@h", "redis://:***@h"),
+            ("REDIS://:sekret@h", "REDIS://:***@h"),
+            ("redis://h/0?password=sekret", "redis://h/0?***"),
+            ("redis:/:sekret@127.0.0.1:1/", "(URL not shown)"),
+            ("redis:sekret@127.0.0.1", "(URL not shown)"),
+            ("unix:///tmp/x.sock?pass=sekret", "(URL not shown)"),
+            ("not a url", "(URL not shown)"),
         ] {
             assert_eq!(redacted(url), shown);
         }

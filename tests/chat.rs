@@ -129,6 +129,16 @@ fn names_that_lie_are_refused_at_join() {
         "alice\u{3000}",
         "a\u{2028}b", // line separator
         "\u{FEFF}eve",
+        "\u{3164}",         // Hangul filler: renders as nothing
+        "alice\u{3164}",    // ... so this shows as "alice"
+        "alice\u{34F}",     // combining grapheme joiner
+        "alice\u{FE0F}",    // variation selector
+        "alice\u{E0100}",   // variation selector supplement
+        "\u{115F}\u{1160}", // Hangul choseong/jungseong fillers
+        "bob\u{FFA0}",      // halfwidth Hangul filler
+        "bob\u{17B4}",      // Khmer inherent vowel
+        "\u{2800}",         // braille blank: shows as a space
+        "bob\u{2800}",
     ];
     for name in liars {
         let mut c = Client::connect(&server);

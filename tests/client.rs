@@ -307,3 +307,26 @@ fn nothing_a_server_sends_reaches_the_terminal_raw() {
         "{stderr:?}"
     );
 }
+
+#[test]
+fn history_prints_the_last_chats_before_the_live_ones() {
+    let server = ServerProcess::start(&[]);
+    let mut alice = Client::joined(&server, "alice");
+    for i in 1..=5 {
+        alice.send(
+            json!({"type": "chat", "text": format!("earlier {i}"), "ts": 1_700_000_000_000u64}),
+        );
+        alice.sync();
+    }
+    let mut bob = ChatClient::start(&["--url", &server.url(), "--user", "bob", "--history", "3"]);
+    for i in 3..=5 {
+        bob.expect_chat(&format!("alice: earlier {i}"));
+    }
+    let divider = bob.lines.recv_timeout(PATIENCE).expect("the divider");
+    assert_eq!(divider, "-- earlier messages above, live from here --");
+    alice.send(json!({"type": "chat", "text": "now"}));
+    bob.expect_chat("alice: now");
+    bob.type_line("/quit");
+    let (status, stderr) = bob.finish();
+    assert!(status.success(), "{status} {stderr}");
+}

@@ -69,24 +69,29 @@ impl Redis {
     /// (RESP written by hand, not the server's `redis` crate); returns how
     /// many subscribers got it.
     fn publish(&self, payload: &[u8]) -> i64 {
+        let reply = self.command(&[b"PUBLISH", b"websocket-public-chat:public", payload]);
+        reply
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{reply:?}"))
+    }
+
+    /// Sends one command; returns the first line of the reply.
+    fn command(&self, args: &[&[u8]]) -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        let channel = b"websocket-public-chat:public";
-        let mut command = format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n", channel.len()).into_bytes();
-        command.extend_from_slice(channel);
-        command.extend_from_slice(format!("\r\n${}\r\n", payload.len()).as_bytes());
-        command.extend_from_slice(payload);
-        command.extend_from_slice(b"\r\n");
-        stream.write_all(&command).expect("send PUBLISH");
+        let mut command = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            command.extend_from_slice(arg);
+            command.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&command).expect("send the command");
         let mut reply = String::new();
         BufReader::new(stream)
             .read_line(&mut reply)
             .expect("read the reply");
-        reply
-            .trim()
-            .strip_prefix(':')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{reply:?}"))
+        reply.trim().to_string()
     }
 }
 
@@ -222,10 +227,16 @@ fn whatever_is_published_on_the_channel_is_checked_like_a_local_chat() {
         from_elsewhere(
             r#"{"type":"chat","room":"public","user":"bob","text":"x","ts":1e400}"#.into(),
         ),
-        // Over the size limit this server keeps.
+        // Far over the size limit this server keeps: dropped before it is queued.
         from_elsewhere(format!(
             r#"{{"type":"chat","room":"public","user":"bob","text":"{}"}}"#,
             "x".repeat(5_000_000)
+        )),
+        // Just over it: the smallest local chat with this text would be
+        // 1001 bytes, which a client here could not send either.
+        from_elsewhere(format!(
+            r#"{{"type":"chat","room":"public","user":"bob","text":"{}"}}"#,
+            "x".repeat(976)
         )),
         // No instance id: not from an instance.
         br#"{"type":"chat","room":"public","user":"bob","text":"hi"}"#.to_vec(),
@@ -241,11 +252,72 @@ fn whatever_is_published_on_the_channel_is_checked_like_a_local_chat() {
         alice.recv(),
         json!({"type": "chat", "room": "public", "id": 1, "user": "bob", "text": "hi \"all\"", "ts": 5})
     );
+    // The largest text a local client may send passes from the channel too.
+    let largest = "x".repeat(975);
+    redis.publish(&from_elsewhere(format!(
+        r#"{{"type":"chat","room":"public","user":"bob","text":"{largest}"}}"#
+    )));
+    assert_eq!(alice.recv()["text"], largest.as_str());
+    let mut carol = Client::joined(&server, "carol");
+    carol.send(chat(&largest));
+    assert_eq!(alice.recv()["text"], largest.as_str());
     expect_nothing(&mut [&mut alice]);
     let stats = server.stats();
-    assert_eq!(stats["backplane_rejected"], 4, "{stats}");
-    assert_eq!(stats["backplane"]["malformed"], 2, "{stats}");
-    assert_eq!(stats["backplane"]["received"], 5, "{stats}");
+    assert_eq!(stats["backplane_rejected"], 5, "{stats}");
+    assert_eq!(stats["backplane"]["malformed"], 1, "{stats}");
+    assert_eq!(stats["backplane"]["oversized"], 1, "{stats}");
+    // Counted when queued for the loop, before the engine's checks.
+    assert_eq!(stats["backplane"]["received"], 7, "{stats}");
+    // One byte more from a local client is too big for this server.
+    carol.send(chat(&"x".repeat(976)));
+    assert_eq!(carol.recv_close(), Some(1009));
+}
+
+#[test]
+fn a_subscription_redis_cuts_off_is_counted_and_comes_back() {
+    let redis = Redis::start(None);
+    wait_listening(redis.port);
+    let a = ServerProcess::start(&["--redis", &redis.url()]);
+    let b = ServerProcess::start(&["--redis", &redis.url()]);
+    wait_backplane(&a, "up");
+    wait_backplane(&b, "up");
+    // A 33 MiB publish (anyone with PUBLISH on the channel can) passes Redis's
+    // default pub/sub output buffer limit: Redis cuts every subscriber off.
+    // Instances cannot send such a chat: --max-message-size is at most 1 MiB
+    // with --redis.
+    assert_eq!(redis.publish(&vec![b'x'; (33 << 20) + 1]), 2);
+    for server in [&a, &b] {
+        let deadline = Instant::now() + PATIENCE;
+        while server.stats()["backplane"]["subscriptions_lost"] != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the lost subscription was not counted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait_link(server, "subscriber", "up");
+    }
+    let mut alice = Client::joined(&a, "alice");
+    let mut bob = Client::joined(&b, "bob");
+    alice.send(chat("after the cut"));
+    expect_chat(&mut bob, "alice", "after the cut");
+
+    // And an instance may not allow chats near that size.
+    let output = Command::new(server_binary())
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--redis",
+            &redis.url(),
+        ])
+        .args(["--max-message-size", "1048577"])
+        .output()
+        .expect("run the server");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at most 1048576 with --redis"), "{stderr}");
 }
 
 /// A TCP proxy in front of Redis that can cut the network without closing
@@ -493,8 +565,58 @@ fn rediss_with_a_private_authority_and_a_password_never_shown() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(untrusting.stats()["backplane"]["state"], "down");
 
-    // Whatever goes wrong, the password is not printed.
-    for args in [
+    // A wrong password is said on stderr, once, with Redis's reason.
+    let output = Command::new(server_binary())
+        .args(["--host", "127.0.0.1", "--port", "0", "--duration", "3"])
+        .args([
+            "--redis",
+            &url.replace("sekret-pass", "wrong-pass"),
+            "--redis-ca",
+            &ca,
+        ])
+        .output()
+        .expect("run the server");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for what in ["publisher", "subscriber"] {
+        let said = format!("Redis {what}: down: ");
+        assert_eq!(stderr.matches(&said).count(), 1, "{stderr}");
+    }
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    assert!(!stderr.contains("wrong-pass"), "{stderr}");
+
+    // A --redis-ca file that holds no certificate stops the server at once.
+    let garbage = path("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let output = Command::new(server_binary())
+        .args(["--host", "127.0.0.1", "--port", "0", "--duration", "5"])
+        .args(["--redis", &url, "--redis-ca", &garbage])
+        .output()
+        .expect("run the server");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("--redis-ca"), "{stderr}");
+    assert!(output.stdout.is_empty(), "it listened: {stderr}");
+
+    // Whatever goes wrong, the password is not printed: not in a mistyped
+    // URL, nor one whose password holds '/', '#' or '?'.
+    let mut mistyped: Vec<Vec<String>> = [
+        "redis://:sekret/pass@127.0.0.1:1/",
+        "redis://:sekret#pass@127.0.0.1:1/",
+        "redis://:sekret?pass@127.0.0.1:1/",
+        "redis:/:sekret-pass@127.0.0.1:1/",
+        "redis:sekret-pass@127.0.0.1",
+        "unix:///tmp/x.sock?pass=sekret-pass",
+    ]
+    .iter()
+    .map(|url| vec!["--redis".to_string(), url.to_string()])
+    .collect();
+    mistyped.push(vec![
+        "--redis".to_string(),
+        url.clone(),
+        "--redis-ca".to_string(),
+        garbage.clone(),
+    ]);
+    for args in mistyped.into_iter().chain([
         vec![
             "--redis".to_string(),
             format!("rediss://:sekret-pass@127.0.0.1:{tls_port}/not-a-db"),
@@ -509,7 +631,7 @@ fn rediss_with_a_private_authority_and_a_password_never_shown() {
             "--redis-ca".to_string(),
             "/no/such/file".to_string(),
         ],
-    ] {
+    ]) {
         let output = Command::new(server_binary())
             .args(["--host", "127.0.0.1", "--port", "0", "--duration", "1"])
             .args(&args)

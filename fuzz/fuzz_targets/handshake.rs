@@ -37,8 +37,7 @@ fuzz_target!(|input: &[u8]| {
             // The head alone gives the same answer as the head with bytes behind it...
             assert_eq!(request::parse(&data[..len], &Origins::SameAsHost).as_ref(), Ok(&Some(request.clone())));
             // ...and every shorter prefix, as the server sees it while bytes arrive, is "incomplete".
-            let cuts = [0, len / 2, len - 1, usize::from(data[0]) % len];
-            for cut in cuts {
+            for cut in 0..len {
                 assert_eq!(request::parse(&data[..cut], &Origins::SameAsHost), Ok(None), "prefix of {cut} bytes");
             }
             // The head reader, fed in pieces, comes to the same answer.

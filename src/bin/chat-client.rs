@@ -46,6 +46,9 @@ struct Args {
     /// Local address to connect from.
     #[arg(long, value_name = "LOCAL_IP")]
     bind: Option<IpAddr>,
+    /// Print the last N chats of the room before the live ones.
+    #[arg(long, value_name = "N")]
+    history: Option<u64>,
     /// Largest chat the server takes, in bytes of JSON (its --max-message-size).
     #[arg(long, default_value_t = 65536, value_name = "BYTES")]
     max_message_size: usize,
@@ -98,10 +101,14 @@ fn run(args: &Args) -> Result<(), Failure> {
             stream: stream.try_clone().map_err(lost)?,
             seed: random_u64() | 1,
         }),
+        live: Mutex::new(args.history.is_none()),
         left_at: Mutex::new(None),
     });
     shared
-        .send(OpCode::Text, client::join_json(&args.user).as_bytes())
+        .send(
+            OpCode::Text,
+            client::join_json(&args.user, args.history).as_bytes(),
+        )
         .map_err(lost)?;
     let stdin_side = Arc::clone(&shared);
     let max = args.max_message_size;
@@ -159,6 +166,8 @@ fn handshake(stream: &mut TcpStream, url: &Url) -> Result<Vec<u8>, Failure> {
 /// What both threads share.
 struct Shared {
     sink: Mutex<Sink>,
+    /// Chats are live (not the history the join asked for).
+    live: Mutex<bool>,
     /// When we sent leave and close, if we did.
     left_at: Mutex<Option<Instant>>,
 }
@@ -189,6 +198,10 @@ impl Shared {
             bytes.extend(frame::client_frame(*opcode, payload, mask));
         }
         sink.stream.write_all(&bytes)
+    }
+
+    fn live(&self) -> bool {
+        *self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn left_at(&self) -> Option<Instant> {
@@ -317,11 +330,23 @@ impl Shared {
     fn on_event(&self, event: Event<'_>) -> Option<Result<(), Failure>> {
         match event {
             Event::Text(text) => match client::classify(text) {
-                Incoming::Chat { user, text } => {
-                    let secs = unix_ms() / 1000;
-                    let line = client::chat_line(sys::local_hms(secs as i64), &user, &text);
-                    let mut out = io::stdout().lock();
-                    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+                Incoming::Chat {
+                    user,
+                    text,
+                    sent_ms,
+                } => {
+                    // Live chats show when they arrived; earlier ones when they were sent.
+                    let ms = if self.live() {
+                        unix_ms()
+                    } else {
+                        sent_ms.unwrap_or_else(unix_ms)
+                    };
+                    let line = client::chat_line(sys::local_hms((ms / 1000) as i64), &user, &text);
+                    print_line(&line);
+                }
+                Incoming::Joined { .. } => {
+                    *self.live.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                    print_line("-- earlier messages above, live from here --");
                 }
                 Incoming::Ping => {
                     let _ = self.send(OpCode::Text, br#"{"type":"pong"}"#);
@@ -351,6 +376,12 @@ impl Shared {
         }
         None
     }
+}
+
+/// Prints a line already made safe for a terminal (`client::chat_line`).
+fn print_line(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 fn unix_ms() -> u64 {

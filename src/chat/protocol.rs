@@ -204,20 +204,21 @@ impl<'de> Deserialize<'de> for StrictAny {
     }
 }
 
-/// 1 to 64 characters; none hidden (controls, format characters such as bidi
-/// overrides and zero-width spaces, line or paragraph separators; see
-/// `unicode`); no whitespace at either end, so not only whitespace either.
+/// 1 to 64 characters; none invisible (controls, format characters such as
+/// bidi overrides and zero-width spaces, line or paragraph separators, other
+/// default-ignorables such as Hangul fillers; see `unicode`); no blank at
+/// either end, so not only blanks either.
 pub fn valid_name(name: &str) -> bool {
     let mut count = 0;
     for c in name.chars() {
-        if unicode::is_hidden(c) {
+        if unicode::is_invisible_in_name(c) {
             return false;
         }
         count += 1;
     }
     (1..=MAX_NAME_CHARS).contains(&count)
-        && !name.starts_with(char::is_whitespace)
-        && !name.ends_with(char::is_whitespace)
+        && !name.starts_with(unicode::is_blank)
+        && !name.ends_with(unicode::is_blank)
 }
 
 /// A chat as another instance published it: the relayed chat's JSON object.
@@ -236,13 +237,17 @@ struct Relayed<'a> {
 }
 
 /// A chat from the backplane, checked exactly like a local one (the name
-/// rules, `text` a string, strict JSON in `text` and `ts`, `text` and `ts`
-/// within `max_message` bytes), as a frame with this room's `id`, built by
+/// rules, `text` a string, strict JSON in `text` and `ts`, no larger than
+/// the smallest local message with that `text` and `ts` may be), as a frame with this room's `id`, built by
 /// the same serializer; `None` for anything else. Whoever can publish to the
 /// channel gets no further than a client.
 pub fn relayed_chat_frame(json: &[u8], max_message: usize, id: u64) -> Option<Vec<u8>> {
     let chat: Relayed<'_> = serde_json::from_slice(json).ok()?;
-    let size = chat.text.get().len() + chat.ts.map_or(0, |ts| ts.get().len());
+    // The smallest message a local client could carry these fields in:
+    // `{"type":"chat","text":T}`, or `{"type":"chat","text":T,"ts":S}`.
+    let size = r#"{"type":"chat","text":}"#.len()
+        + chat.text.get().len()
+        + chat.ts.map_or(0, |ts| r#","ts":"#.len() + ts.get().len());
     let valid = chat.kind == "chat"
         && chat.room == ROOM
         && valid_name(&chat.user)
@@ -515,8 +520,12 @@ mod tests {
             r#"{{"type":"chat","room":"public","user":"a","text":"{}"}}"#,
             "x".repeat(99)
         );
-        assert!(relayed_chat_frame(long.as_bytes(), 100, 1).is_none());
-        assert!(relayed_chat_frame(long.as_bytes(), 101, 1).is_some());
+        // A local client needs 124 bytes for this text: `{"type":"chat","text":"x…x"}`.
+        assert!(relayed_chat_frame(long.as_bytes(), 123, 1).is_none());
+        assert!(relayed_chat_frame(long.as_bytes(), 124, 1).is_some());
+        let with_ts = r#"{"type":"chat","room":"public","user":"a","text":"x","ts":12}"#;
+        assert!(relayed_chat_frame(with_ts.as_bytes(), 33, 1).is_none());
+        assert!(relayed_chat_frame(with_ts.as_bytes(), 34, 1).is_some());
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! width characters such as U+200B, invisible operators, tag characters),
 //! and the line and paragraph separators (Zl, Zp). A name may not contain
 //! them, and `chat-client` never prints them as they are.
+//!
+//! Names are held to more: no default-ignorable code point either (Hangul
+//! fillers, variation selectors, the combining grapheme joiner: they render
+//! as nothing, so `"alice\u{3164}"` shows as "alice"), and no blank at an end
+//! (whitespace or U+2800 BRAILLE PATTERN BLANK, which shows as a space).
 
 /// Whether `c` is a control, a format character or a line or paragraph separator.
 pub fn is_hidden(c: char) -> bool {
@@ -34,6 +39,30 @@ fn is_format(c: char) -> bool {
             | 0xE0001
             | 0xE0020..=0xE007F
     )
+}
+
+/// Whether `c` may not appear in a name: hidden, or Unicode 15.1's
+/// Default_Ignorable_Code_Point (of which Cf is most).
+pub fn is_invisible_in_name(c: char) -> bool {
+    is_hidden(c)
+        || matches!(
+            u32::from(c),
+            0x34F
+                | 0x115F..=0x1160
+                | 0x17B4..=0x17B5
+                | 0x180B..=0x180F
+                | 0x2065
+                | 0x3164
+                | 0xFE00..=0xFE0F
+                | 0xFFA0
+                | 0xFFF0..=0xFFF8
+                | 0xE0000..=0xE0FFF
+        )
+}
+
+/// Whether `c` shows as empty space: whitespace or U+2800 BRAILLE PATTERN BLANK.
+pub fn is_blank(c: char) -> bool {
+    c.is_whitespace() || c == '\u{2800}'
 }
 
 /// `text` with every hidden character replaced by U+FFFD, visibly.
@@ -72,5 +101,28 @@ mod tests {
             assert!(!is_hidden(c), "{:04X}", u32::from(c));
         }
         assert_eq!(shown("a\u{202E}b\x1b[2J"), "a\u{FFFD}b\u{FFFD}[2J");
+    }
+
+    #[test]
+    fn what_a_name_may_not_hold() {
+        for c in [
+            '\u{34F}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{17B4}',
+            '\u{180B}',
+            '\u{3164}',
+            '\u{FE0F}',
+            '\u{FFA0}',
+            '\u{E0100}',
+            '\u{200B}',
+            '\x1b',
+        ] {
+            assert!(is_invisible_in_name(c), "{:04X}", u32::from(c));
+        }
+        for c in ['a', '名', ' ', '\u{2800}', '🙂', '\u{FFFD}'] {
+            assert!(!is_invisible_in_name(c), "{:04X}", u32::from(c));
+        }
+        assert!(is_blank('\u{2800}') && is_blank('\u{3000}') && !is_blank('a'));
     }
 }

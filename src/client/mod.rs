@@ -121,8 +121,15 @@ pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, Refusal> {
 /// A server message, as far as a person cares.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// A chat from someone else.
-    Chat { user: String, text: String },
+    /// A chat; `sent_ms`: its `ts`, when that is a time in ms since 1970
+    /// (what this client and the page put there).
+    Chat {
+        user: String,
+        text: String,
+        sent_ms: Option<u64>,
+    },
+    /// The end of the history the join asked for: live chats follow.
+    Joined { recovered: bool },
     /// The server's JSON keepalive; answer with a JSON pong.
     Ping,
     /// How many people are in the room.
@@ -138,6 +145,8 @@ struct Wire {
     user: Option<String>,
     text: Option<String>,
     online: Option<u64>,
+    ts: Option<serde_json::Value>,
+    recovered: Option<bool>,
 }
 
 /// Reads one text message from the server.
@@ -146,7 +155,14 @@ pub fn classify(text: &str) -> Incoming {
         return Incoming::Other;
     };
     match (msg.kind.as_str(), msg.user, msg.text, msg.online) {
-        ("chat", Some(user), Some(text), _) => Incoming::Chat { user, text },
+        ("chat", Some(user), Some(text), _) => Incoming::Chat {
+            user,
+            text,
+            sent_ms: msg.ts.as_ref().and_then(serde_json::Value::as_u64),
+        },
+        ("joined", ..) => Incoming::Joined {
+            recovered: msg.recovered.unwrap_or(false),
+        },
         ("ping", ..) => Incoming::Ping,
         ("presence", _, _, Some(online)) => Incoming::Presence(online),
         _ => Incoming::Other,
@@ -154,9 +170,17 @@ pub fn classify(text: &str) -> Incoming {
 }
 
 /// `[HH:MM:SS] name: text` for a terminal, trailing padding trimmed and
-/// shown safely (`terminal`).
+/// shown safely (`terminal`); in the name, whatever the server's name rule
+/// refuses as invisible (a Hangul filler, say) shows as `�` too.
 pub fn chat_line(hms: (u8, u8, u8), user: &str, text: &str) -> String {
     let (h, m, s) = hms;
+    let user: String = user
+        .chars()
+        .map(|c| match unicode::is_invisible_in_name(c) {
+            true => '\u{FFFD}',
+            false => c,
+        })
+        .collect();
     terminal(&format!(
         "[{h:02}:{m:02}:{s:02}] {user}: {}",
         text.trim_end()
@@ -178,8 +202,12 @@ pub fn chat_json(text: &str, ts: u64) -> String {
 }
 
 /// The JSON of a join.
-pub fn join_json(user: &str) -> String {
-    serde_json::json!({"type": "join", "user": user}).to_string()
+pub fn join_json(user: &str, history: Option<u64>) -> String {
+    let mut join = serde_json::json!({"type": "join", "user": user});
+    if let Some(count) = history {
+        join["history"] = count.into();
+    }
+    join.to_string()
 }
 
 #[cfg(test)]
@@ -260,9 +288,15 @@ mod tests {
     #[test]
     fn messages_and_lines() {
         let chat = r#"{"type":"chat","room":"public","user":"bob","text":"hi...   ","ts":1}"#;
-        let Incoming::Chat { user, text } = classify(chat) else {
+        let Incoming::Chat {
+            user,
+            text,
+            sent_ms,
+        } = classify(chat)
+        else {
             panic!()
         };
+        assert_eq!(sent_ms, Some(1));
         assert_eq!(chat_line((9, 5, 7), &user, &text), "[09:05:07] bob: hi...");
         assert_eq!(
             chat_line((23, 59, 0), "eve", "\u{1b}[2Jgone\nline"),
@@ -273,6 +307,10 @@ mod tests {
             "[01:02:03] \u{FFFD}nimda: a\u{FFFD}b"
         );
         assert_eq!(terminal("close \x1b]0;t\x07"), "close \u{FFFD}]0;t\u{FFFD}");
+        assert_eq!(
+            chat_line((1, 2, 3), "alice\u{3164}", "a\u{FE0F}"),
+            "[01:02:03] alice\u{FFFD}: a\u{FE0F}"
+        );
         assert_eq!(classify(r#"{"type":"ping"}"#), Incoming::Ping);
         assert_eq!(
             classify(r#"{"type":"presence","online":3}"#),

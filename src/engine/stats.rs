@@ -78,13 +78,20 @@ pub struct BackplaneStats {
     pub subscriber: &'static str,
     pub instance_id: String,
     pub published: u64,
+    /// Queued for the loop (the engine may still reject them: `backplane_rejected`).
     pub received: u64,
     /// Dropped on the way out: queue full, or Redis down.
     pub lost_outgoing: u64,
     /// Dropped on the way in: the loop's queue full.
     pub lost_incoming: u64,
-    /// Channel messages that were not a chat from an instance.
+    /// Channel messages without an instance id in front.
     pub malformed: u64,
+    /// Channel messages larger than any chat this server would accept.
+    pub oversized: u64,
+    /// Subscriptions that failed after being up (Redis gone, or it cut us
+    /// off, as it does past its pub/sub output buffer limit): chats published
+    /// until the next one never arrive here.
+    pub subscriptions_lost: u64,
 }
 
 /// What `/stats` returns: live figures plus every counter.

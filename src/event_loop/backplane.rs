@@ -62,6 +62,8 @@ struct Shared {
     lost_outgoing: AtomicU64,
     lost_incoming: AtomicU64,
     malformed: AtomicU64,
+    oversized: AtomicU64,
+    subscriptions_lost: AtomicU64,
 }
 
 /// Where Redis is and how to reach it.
@@ -166,6 +168,7 @@ fn client(target: &Target<'_>) -> Result<redis::Client, String> {
     }
     match target.ca {
         Some(pem) => {
+            check_certificates(pem)?;
             let certificates = redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(pem.to_vec()),
@@ -173,6 +176,50 @@ fn client(target: &Target<'_>) -> Result<redis::Client, String> {
             redis::Client::build_with_tls(url, certificates).map_err(fail)
         }
         None => redis::Client::open(url).map_err(fail),
+    }
+}
+
+/// Whether `pem` holds certificates and nothing unreadable, so a wrong
+/// `--redis-ca` file stops the server at once instead of leaving it down.
+fn check_certificates(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let found: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+    let found = found.map_err(|e| format!("--redis-ca: not PEM certificates: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    match roots.add_parsable_certificates(found) {
+        (0, _) => Err("--redis-ca: no certificate in the file".into()),
+        (_, 0) => Ok(()),
+        (_, bad) => Err(format!(
+            "--redis-ca: {bad} certificate(s) could not be read"
+        )),
+    }
+}
+
+/// Says on stderr when a connection to Redis comes up or goes down, and why:
+/// once per change, so a wrong password or an untrusted certificate is
+/// visible without flooding the log while it retries.
+struct Reporter {
+    what: &'static str,
+    last: Option<bool>,
+}
+
+impl Reporter {
+    fn new(what: &'static str) -> Self {
+        Self { what, last: None }
+    }
+
+    fn up(&mut self) {
+        if self.last != Some(true) {
+            eprintln!("websocket-public-chat: Redis {}: up", self.what);
+        }
+        self.last = Some(true);
+    }
+
+    fn down(&mut self, why: &redis::RedisError) {
+        if self.last != Some(false) {
+            eprintln!("websocket-public-chat: Redis {}: down: {why}", self.what);
+        }
+        self.last = Some(false);
     }
 }
 
@@ -195,6 +242,8 @@ impl Shared {
             lost_outgoing: get(&self.lost_outgoing),
             lost_incoming: get(&self.lost_incoming),
             malformed: get(&self.malformed),
+            oversized: get(&self.oversized),
+            subscriptions_lost: get(&self.subscriptions_lost),
         }
     }
 }
@@ -256,6 +305,7 @@ fn publisher(client: &redis::Client, channel: &str, queue: &Receiver<Vec<u8>>, s
 struct Link<'a> {
     client: &'a redis::Client,
     connection: Option<redis::Connection>,
+    reporter: Reporter,
     retry_at: Instant,
     backoff: Duration,
 }
@@ -265,6 +315,7 @@ impl<'a> Link<'a> {
         Self {
             client,
             connection: None,
+            reporter: Reporter::new("publisher"),
             retry_at: Instant::now(),
             backoff: BACKOFF.0,
         }
@@ -284,9 +335,11 @@ impl<'a> Link<'a> {
             match connect(self.client) {
                 Ok(connection) => {
                     self.connection = Some(connection);
+                    self.reporter.up();
                     self.backoff = BACKOFF.0;
                 }
-                Err(_) => {
+                Err(e) => {
+                    self.reporter.down(&e);
                     self.retry_at = Instant::now() + self.backoff;
                     self.backoff = (self.backoff * 2).min(BACKOFF.1);
                 }
@@ -295,11 +348,14 @@ impl<'a> Link<'a> {
         let Some(connection) = self.connection.as_mut() else {
             return false;
         };
-        let ok = command(connection).is_ok();
-        if !ok {
-            self.connection = None;
+        match command(connection) {
+            Ok(()) => true,
+            Err(e) => {
+                self.reporter.down(&e);
+                self.connection = None;
+                false
+            }
         }
-        ok
     }
 }
 
@@ -329,11 +385,18 @@ impl Subscriber {
     /// Subscribes, and again with backoff whenever Redis fails, until the loop is gone.
     fn run(&self) {
         let mut backoff = BACKOFF.0;
+        let mut reporter = Reporter::new("subscriber");
         loop {
-            let ended = self.subscribe(&mut backoff);
-            self.shared.subscriber_up.store(false, Ordering::Relaxed);
-            if ended.is_ok() {
-                return;
+            let ended = self.subscribe(&mut backoff, &mut reporter);
+            // Chats published until the next subscription never reach this instance.
+            if self.shared.subscriber_up.swap(false, Ordering::Relaxed) {
+                self.shared
+                    .subscriptions_lost
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            match ended {
+                Ok(()) => return,
+                Err(e) => reporter.down(&e),
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(BACKOFF.1);
@@ -341,12 +404,13 @@ impl Subscriber {
     }
 
     /// One subscription, until Redis fails (`Err`) or the loop is gone (`Ok`).
-    fn subscribe(&self, backoff: &mut Duration) -> redis::RedisResult<()> {
+    fn subscribe(&self, backoff: &mut Duration, reporter: &mut Reporter) -> redis::RedisResult<()> {
         let s = &self.shared;
         let mut connection = connect(&self.client)?;
         let mut pubsub = connection.as_pubsub();
         pubsub.subscribe(&self.channel)?;
         s.subscriber_up.store(true, Ordering::Relaxed);
+        reporter.up();
         *backoff = BACKOFF.0;
         loop {
             let message = match pubsub.get_message() {
@@ -363,7 +427,11 @@ impl Subscriber {
             let chat = match decode(&payload) {
                 Some((id, _)) if id == self.own_id => continue,
                 Some((_, chat)) if chat.len() <= self.max_message => chat,
-                _ => {
+                Some(_) => {
+                    s.oversized.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                None => {
                     s.malformed.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }

@@ -139,8 +139,13 @@ fn host_and_port(authority: &[u8]) -> Option<(&[u8], Option<u16>)> {
             None => (authority, None),
         }
     };
+    // Digits only, no leading zero: an origin is serialized so (RFC 6454), and
+    // `u16::from_str` would also take `+8080` and `08080`.
     let port = match port {
-        Some(digits) => Some(std::str::from_utf8(digits).ok()?.parse::<u16>().ok()?),
+        Some(digits @ [b'1'..=b'9', ..]) if digits.iter().all(u8::is_ascii_digit) => {
+            Some(std::str::from_utf8(digits).ok()?.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
         None => None,
     };
     (!host.is_empty()).then_some((host, port))
@@ -486,6 +491,10 @@ mod tests {
             ("example.com", "null"),
             ("example.com", "file://example.com"),
             ("example.com", "http://example.com:notaport"),
+            ("example.com:8080", "http://example.com:+8080"),
+            ("example.com:8080", "http://example.com:08080"),
+            ("example.com", "http://example.com:"),
+            ("example.com:70000", "http://example.com:70000"),
         ] {
             assert_eq!(from(host, origin), Err(403), "{origin} to {host}");
         }

@@ -1,9 +1,13 @@
 // The page at GET / as people use it, in headless Chromium: two pages join,
-// chat both ways, an HTML message stays text, and after a server restart both
-// reconnect and chat again. Usage: node chat.test.mjs SERVER_BINARY ARTIFACT_DIR
+// chat both ways, an HTML message stays text, a newcomer sees the last
+// messages, a dropped connection recovers what it missed (and sends what was
+// typed meanwhile), a server restart is marked as a possible gap, and a
+// reload shows one's own earlier messages as one's own.
+// Usage: node chat.test.mjs SERVER_BINARY ARTIFACT_DIR
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync } from 'node:fs';
+import net from 'node:net';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
@@ -21,6 +25,57 @@ async function startServer(port) {
   if (!match) throw new Error(`unexpected server output: ${line}`);
   proc.stdout.resume();
   return { proc, port: Number(match[1]) };
+}
+
+// A TCP proxy in front of the server that can drop every connection it
+// carries and hold new ones until it heals: a network blip, server side.
+function startProxy(target) {
+  const sockets = new Set();
+  let held = null;
+  let release = null;
+  const proxy = net.createServer((client) => {
+    const go = () => {
+      const upstream = net.connect(target, '127.0.0.1');
+      for (const s of [client, upstream]) {
+        sockets.add(s);
+        s.on('close', () => sockets.delete(s));
+        s.on('error', () => {});
+      }
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    };
+    if (held) held.then(go);
+    else go();
+  });
+  return new Promise((resolve) =>
+    proxy.listen(0, '127.0.0.1', () =>
+      resolve({
+        port: proxy.address().port,
+        cut() {
+          held = new Promise((r) => (release = r));
+          for (const s of sockets) s.destroy();
+        },
+        heal() {
+          held = null;
+          release();
+        },
+        close() {
+          for (const s of sockets) s.destroy();
+          proxy.close();
+        },
+      }),
+    ),
+  );
+}
+
+// How many messages on the page say exactly `text`.
+async function count(page, text) {
+  return page.evaluate(
+    (text) => [...document.querySelectorAll('#log li .text')].filter((t) => t.textContent === text).length,
+    text,
+  );
 }
 
 async function stopServer(server) {
@@ -84,7 +139,10 @@ async function expectOnline(page, count) {
 }
 
 let server = await startServer(0);
-const url = `http://127.0.0.1:${server.port}/`;
+const direct = `http://127.0.0.1:${server.port}/`;
+const proxy = await startProxy(server.port);
+// Alice and Bob reach the server through the proxy; Carol directly.
+const url = `http://127.0.0.1:${proxy.port}/`;
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
@@ -123,18 +181,55 @@ try {
   console.log('ok: the page works under a policy that allows its script and style by hash only');
 
   // A name that would show as another is refused on the page, with a note.
-  const liar = await browser.newPage();
-  await liar.goto(url);
-  await liar.fill('#name', '\u202enimda');
-  await liar.press('#name', 'Enter');
-  await liar.waitForFunction(
-    () => [...document.querySelectorAll('#log .note')].some((li) => /invisible or control/.test(li.textContent)),
-    null,
-    { timeout: WAIT },
+  for (const lie of ['\u202enimda', 'alice\u3164']) {
+    const liar = await browser.newPage();
+    await liar.goto(url);
+    await liar.fill('#name', lie);
+    await liar.press('#name', 'Enter');
+    await liar.waitForFunction(
+      () => [...document.querySelectorAll('#log .note')].some((li) => /invisible or control/.test(li.textContent)),
+      null,
+      { timeout: WAIT },
+    );
+    if (!(await liar.isVisible('#join'))) throw new Error(`joined under a lying name ${JSON.stringify(lie)}`);
+    await liar.close();
+  }
+  console.log('ok: names with a bidi override or a Hangul filler are refused on the page');
+
+  // A newcomer sees the conversation so far, above a divider.
+  const carol = await openPage(browser, direct, 'carol', dialogs);
+  await expectMessage(carol, 'alice', 'hello bob');
+  await expectMessage(carol, 'bob', 'hi alice');
+  const order = await carol.evaluate(() =>
+    [...document.querySelectorAll('#log li')].map((li) => li.textContent),
   );
-  if (!(await liar.isVisible('#join'))) throw new Error('joined under a lying name');
-  await liar.close();
-  console.log('ok: a name with a bidi override is refused on the page');
+  const divider = order.findIndex((t) => t === '— earlier messages above —');
+  if (divider < 0 || divider < order.findIndex((t) => t.endsWith('hi alice'))) {
+    throw new Error(`no divider below the history: ${JSON.stringify(order)}`);
+  }
+  console.log('ok: a newcomer sees the last messages above a divider');
+
+  // A network blip: Alice's and Bob's connections drop; Carol chats meanwhile
+  // and Alice types while away.
+  proxy.cut();
+  await alice.waitForSelector('#state.offline', { timeout: WAIT });
+  await say(carol, 'missed 1');
+  await say(carol, 'missed 2');
+  await say(alice, 'typed while away');
+  proxy.heal();
+  await alice.waitForSelector('#state.online', { timeout: 3 * WAIT });
+  await expectMessage(alice, 'carol', 'missed 1');
+  await expectMessage(alice, 'carol', 'missed 2');
+  await expectMessage(carol, 'alice', 'typed while away');
+  await bob.waitForSelector('#state.online', { timeout: 3 * WAIT });
+  await expectMessage(bob, 'alice', 'typed while away');
+  await new Promise((r) => setTimeout(r, 300));
+  for (const text of ['hello bob', 'missed 1', 'missed 2', 'typed while away']) {
+    if ((await count(alice, text)) !== 1) throw new Error(`alice shows "${text}" ${await count(alice, text)} times`);
+  }
+  if ((await count(carol, 'typed while away')) !== 1) throw new Error('what alice typed away came twice');
+  if (await alice.isVisible('#log .gap')) throw new Error('a gap mark after a full recovery');
+  console.log('ok: after a dropped connection the page shows what it missed, once, and sends what was typed meanwhile');
 
   mkdirSync(artifacts, { recursive: true });
   await bob.screenshot({ path: `${artifacts}/chat.png` });
@@ -145,18 +240,31 @@ try {
   server = await startServer(server.port);
   await alice.waitForSelector('#state.online', { timeout: WAIT });
   await bob.waitForSelector('#state.online', { timeout: WAIT });
-  await expectOnline(alice, 2);
+  // Alice, Bob and Carol (whose page reconnects as well) all rejoined.
+  await expectOnline(alice, 3);
   await say(bob, 'back again');
   await expectMessage(alice, 'bob', 'back again');
   await say(alice, 'welcome back');
   await expectMessage(bob, 'alice', 'welcome back');
-  console.log('ok: after a server restart both pages reconnect, rejoin and chat');
+  // A restart lost the history: the page says messages may be missing.
+  await alice.waitForSelector('#log .gap', { timeout: WAIT });
+  console.log('ok: after a server restart both pages reconnect, rejoin, mark the possible gap and chat');
+
+  // After a reload, one's own earlier messages are shown as one's own.
+  await alice.reload();
+  await alice.fill('#name', 'alice');
+  await alice.press('#name', 'Enter');
+  await alice.waitForSelector('#state.online', { timeout: WAIT });
+  await expectMessage(alice, 'alice', 'welcome back', true);
+  await expectMessage(alice, 'bob', 'back again');
+  console.log('ok: after a reload the history shows my own messages as mine');
   if (violations.length !== 0) throw new Error(`policy violations: ${violations.join('; ')}`);
 } catch (error) {
   failed = true;
   console.error(`FAILED: ${error.message}`);
 } finally {
   await browser.close();
+  proxy.close();
   await stopServer(server);
 }
 process.exit(failed ? 1 : 0);
