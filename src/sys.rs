@@ -35,6 +35,20 @@ pub fn set_listener_nodelay(listener: &impl AsRawFd) -> io::Result<()> {
     set_int_option(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
+/// Raises a listening socket's accept queue to `backlog` (the kernel caps it
+/// at `net.core.somaxconn`). std and mio listen with 128, which a burst of
+/// reconnects (a restart behind a load balancer) overflows: the dropped SYNs
+/// are retried by clients only after a second. Calling `listen` again on a
+/// listening socket only changes its backlog.
+pub fn set_backlog(listener: &impl AsRawFd, backlog: libc::c_int) -> io::Result<()> {
+    // SAFETY: listen on a descriptor the caller owns; no memory is passed.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `setsockopt` with an integer value, for options std has no setter for.
 pub fn set_int_option(
     socket: &impl AsRawFd,

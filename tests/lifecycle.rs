@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Read;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -218,4 +219,22 @@ fn pings_are_answered_while_we_wait_for_the_peers_close() {
     );
     raw.finish_close(1000);
     assert_eq!(server.stats()["closed_by_leave"], 1);
+}
+
+#[test]
+fn a_burst_of_connections_waits_in_the_kernel_while_the_loop_is_busy() {
+    // Everyone reconnecting at once (a restart behind a load balancer) while
+    // the loop is busy: the kernel holds them for us; with the default
+    // backlog of 128 the rest would have their SYNs dropped and retry a
+    // second later.
+    let server = ServerProcess::start(&[]);
+    server.signal(libc::SIGSTOP);
+    let waiting: Vec<_> = (0..400)
+        .map(|i| {
+            TcpStream::connect_timeout(&server.addr, Duration::from_millis(300))
+                .unwrap_or_else(|e| panic!("connection {i} was not held: {e}"))
+        })
+        .collect();
+    server.signal(libc::SIGCONT);
+    assert_eq!(waiting.len(), 400);
 }

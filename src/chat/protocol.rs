@@ -71,8 +71,8 @@ pub enum Ignored {
     UnknownType,
     /// A `room` other than "public".
     WrongRoom,
-    /// A join whose name is empty, too long, has hidden characters or
-    /// whitespace at either end.
+    /// A join whose name is empty, too long, has invisible characters or
+    /// a blank at either end (`valid_name`).
     InvalidName,
     /// A chat before a join.
     NotJoined,

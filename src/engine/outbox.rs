@@ -20,6 +20,9 @@ use std::rc::Rc;
 /// allocator's header and rounding (up to 32) and the queue slot (16).
 pub const FRAME_COST: usize = 64;
 
+/// Queue slots an empty outbox keeps allocated (16 bytes each).
+const KEPT_QUEUE: usize = 8;
+
 /// The first byte of a pong frame we send (FIN + opcode 0xA). HTTP answers
 /// start with `H` and every other frame with another opcode, so it tells
 /// pongs apart.
@@ -123,6 +126,13 @@ impl Outbox {
             self.front_written = 0;
             self.front = self.rest.pop_front();
         }
+        // All out: a queue grown by a burst (a history replay, a slow spell)
+        // is freed now rather than at the next keepalive, so a reconnect storm
+        // leaves idle connections as small as before. Small ones are kept:
+        // fan-out refills them every turn.
+        if self.rest.capacity() > KEPT_QUEUE {
+            self.rest = VecDeque::new();
+        }
     }
 }
 
@@ -170,6 +180,8 @@ mod tests {
             assert_eq!(got, all, "cap {cap}");
             assert_eq!(out.cost(), 0);
             assert!(out.is_empty() && out.rest.is_empty());
+            // The burst's queue is freed once it is all out.
+            assert_eq!(out.rest.capacity(), 0);
         }
     }
 

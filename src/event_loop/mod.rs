@@ -34,6 +34,8 @@ const READS_PER_TURN: usize = 16;
 const MAX_IOV: usize = 64;
 /// File descriptors kept out of the default `--max-conns` (stdio, poll, listener, signal pipe, refusals).
 const RESERVED_FDS: u64 = 32;
+/// Connections the kernel may hold for us before we accept them (capped by somaxconn).
+const LISTEN_BACKLOG: libc::c_int = 4096;
 
 /// The server process: `bind`, then `run` until `--duration` ends or a signal arrives.
 pub struct Server {
@@ -66,6 +68,7 @@ impl Server {
                 )
             })?;
         let mut listener = TcpListener::bind(addr)?;
+        crate::sys::set_backlog(&listener, LISTEN_BACKLOG)?;
         // We coalesce writes ourselves; Nagle would only delay small frames.
         // Linux passes the option on to accepted sockets: one call instead of one per accept.
         #[cfg(target_os = "linux")]

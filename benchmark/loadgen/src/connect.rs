@@ -1,19 +1,31 @@
 //! `connect`: open N connections that join and then stay idle. Reports
 //! handshakes/s and their latency, then the server's memory per connection.
+//! With `--fill`, chats are sent first (the server's history ring fills;
+//! its memory is reported); with `--history K`, each join asks for the last
+//! K chats, so the CPU per handshake includes sending them.
 
 use std::time::{Duration, Instant};
 
 use crate::fleet::{Ending, Fleet, Handler};
 use crate::histogram::Histogram;
-use crate::{Incoming, Report, ServerWatch, Window, classify, join};
+use crate::{Incoming, Report, ServerWatch, Window, classify, sized_chat};
 
 pub struct Settings {
     pub connections: usize,
     /// Handshakes in flight at once.
     pub concurrency: usize,
+    /// `history` in each join.
+    pub history: Option<u64>,
+    /// Chats sent before the connections open, and their size in bytes.
+    pub fill: usize,
+    pub fill_size: usize,
 }
 
+/// Chats a filler connection sends: within the server's burst of 10.
+const PER_FILLER: usize = 10;
+
 struct Connect {
+    history: Option<u64>,
     first_failure: Option<&'static str>,
     opened: usize,
     joined: usize,
@@ -25,7 +37,13 @@ impl Handler for Connect {
     fn opened(&mut self, fleet: &mut Fleet, key: usize, took: Duration) {
         self.opened += 1;
         self.handshake.record(took.as_micros() as u64);
-        join(fleet, key, &format!("idle{key}"));
+        let mut join = serde_json::json!({"type": "join", "user": format!("idle{key}")});
+        if let Some(k) = self.history {
+            join["history"] = k.into();
+        }
+        fleet.send_text(key, join.to_string().as_bytes());
+        // The pong says the join (and any history before it) was processed.
+        fleet.send_text(key, br#"{"type":"ping","ts":0}"#);
     }
 
     fn text(&mut self, _fleet: &mut Fleet, _key: usize, payload: &[u8]) {
@@ -47,7 +65,9 @@ pub fn run(
     settings: &Settings,
     server: &ServerWatch,
 ) -> std::io::Result<Report> {
+    let fill_rss = fill(fleet, settings, server)?;
     let mut state = Connect {
+        history: settings.history,
         first_failure: None,
         opened: 0,
         joined: 0,
@@ -82,6 +102,13 @@ pub fn run(
     }
     let server_after = server.sample();
 
+    if let Some((before, after)) = fill_rss {
+        report.set("fill_chats", settings.fill as f64);
+        report.set(
+            "server_rss_fill_kib",
+            after.rss_kib.saturating_sub(before.rss_kib) as f64,
+        );
+    }
     if let Some(why) = state.first_failure {
         report.note(format!("first failure: {why}"));
     }
@@ -111,4 +138,51 @@ pub fn run(
         );
     }
     Ok(report)
+}
+
+/// Fillers that join and send `settings.fill` chats; the server's memory
+/// before and after (the fillers stay, idle, so their own cost is
+/// measured apart: one idle connection each, a few hundred bytes).
+fn fill(
+    fleet: &mut Fleet,
+    settings: &Settings,
+    server: &ServerWatch,
+) -> std::io::Result<Option<(crate::procstat::Sample, crate::procstat::Sample)>> {
+    if settings.fill == 0 {
+        return Ok(None);
+    }
+    let fillers = settings.fill.div_ceil(PER_FILLER);
+    let mut state = Connect {
+        history: None,
+        first_failure: None,
+        opened: 0,
+        joined: 0,
+        failed: 0,
+        handshake: Histogram::new(),
+    };
+    let mut keys = Vec::new();
+    for _ in 0..fillers {
+        keys.push(fleet.connect()?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state.joined < fillers && Instant::now() < deadline {
+        fleet.turn(Some(Duration::from_millis(20)), &mut state)?;
+    }
+    let settle = |fleet: &mut Fleet, state: &mut Connect| -> std::io::Result<()> {
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            fleet.turn(Some(Duration::from_millis(50)), state)?;
+        }
+        Ok(())
+    };
+    settle(fleet, &mut state)?;
+    let before = server.sample();
+    for n in 0..settings.fill {
+        fleet.send_text(
+            keys[n / PER_FILLER],
+            &sized_chat(n as u64, settings.fill_size),
+        );
+    }
+    settle(fleet, &mut state)?;
+    Ok(before.zip(server.sample()))
 }

@@ -218,6 +218,12 @@ impl Fleet {
     }
 
     /// Queues a text message (sent at the end of the turn, or now with `flush`).
+    /// Drops a connection at once, without a close frame (a client that
+    /// vanished); the handler hears nothing of it.
+    pub fn abandon(&mut self, key: usize) {
+        self.conns.try_remove(key);
+    }
+
     pub fn send_text(&mut self, key: usize, payload: &[u8]) {
         self.queue_frame(key, OpCode::Text, payload);
     }

@@ -9,6 +9,7 @@ mod fanout;
 mod fleet;
 mod histogram;
 mod procstat;
+mod reconnect;
 mod scenario;
 
 use std::process::ExitCode;
@@ -62,6 +63,15 @@ enum Mode {
         /// Handshakes in flight at once.
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+        /// Each join asks for this many recent chats (`history`), sent before it is in.
+        #[arg(long)]
+        history: Option<u64>,
+        /// Chats sent before the connections open (10 per filler connection, under the rate limit).
+        #[arg(long, default_value_t = 0)]
+        fill: usize,
+        /// Bytes of JSON in each of those chats.
+        #[arg(long, default_value_t = 128)]
+        fill_size: usize,
     },
     /// A k6 scenario at full speed: steady, burst, churn, saturation, steady-soak, churn-soak.
     Scenario {
@@ -69,6 +79,30 @@ enum Mode {
         /// Multiplies every duration (0.1: a tenth as long).
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+    },
+    /// P people drop and recover (join with since/epoch) at random while S
+    /// senders chat; reports chats lost or duplicated (must be 0).
+    Reconnect {
+        #[arg(long, default_value_t = 100)]
+        people: usize,
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        /// Chats per second per sender (the server allows 10).
+        #[arg(long, default_value_t = 9.0)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Longest time away, in seconds (keep it inside the history window:
+        /// senders × rate × away below --history).
+        #[arg(long, default_value_t = 0.5)]
+        away: f64,
+        /// Mean time connected between drops, in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        stay: f64,
+        /// Seed of the drops (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// L loops of connect → join → leave → close at full speed; cycles/s, errors, unclean closes.
     Churn {
@@ -97,10 +131,15 @@ impl Clock {
 
 /// A chat padded to exactly 128 bytes of JSON, carrying its send time.
 pub fn chat_payload(ts: u64) -> Vec<u8> {
+    sized_chat(ts, 128)
+}
+
+/// A chat padded to `size` bytes of JSON (or as short as it can be), carrying `ts`.
+pub fn sized_chat(ts: u64, size: usize) -> Vec<u8> {
     let head = br#"{"type":"chat","text":""#;
     let tail = format!(r#"","ts":{ts}}}"#);
-    let pad = 128usize.saturating_sub(head.len() + tail.len());
-    let mut payload = Vec::with_capacity(128);
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let mut payload = Vec::with_capacity(size);
     payload.extend_from_slice(head);
     payload.resize(head.len() + pad, b' ');
     payload.extend_from_slice(tail.as_bytes());
@@ -230,6 +269,8 @@ pub struct Report {
     notes: Vec<String>,
     /// Text printed as it is before the figures (the statistics block).
     block: Option<String>,
+    /// A check the mode makes failed: the generator exits with status 1.
+    failed: bool,
 }
 
 impl Report {
@@ -239,6 +280,7 @@ impl Report {
             figures: Vec::new(),
             notes: Vec::new(),
             block: None,
+            failed: false,
         };
         report.set("elapsed_s", elapsed.as_secs_f64());
         report
@@ -254,6 +296,12 @@ impl Report {
 
     pub fn note(&mut self, note: String) {
         self.notes.push(note);
+    }
+
+    /// Notes a failed check: the report is printed, then the exit status is 1.
+    pub fn fail(&mut self, note: String) {
+        self.failed = true;
+        self.note(note);
     }
 
     pub fn latency(&mut self, h: &Histogram) {
@@ -367,11 +415,17 @@ fn main() -> ExitCode {
         Mode::Connect {
             connections,
             concurrency,
+            history,
+            fill,
+            fill_size,
         } => connect::run(
             &mut fleet,
             &connect::Settings {
                 connections,
                 concurrency,
+                history,
+                fill,
+                fill_size,
             },
             &server,
         ),
@@ -384,6 +438,35 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Mode::Reconnect {
+            people,
+            senders,
+            rate,
+            duration,
+            away,
+            stay,
+            seed,
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+            eprintln!("loadgen reconnect: --seed {seed}");
+            reconnect::run(
+                &mut fleet,
+                &reconnect::Settings {
+                    people,
+                    senders,
+                    rate,
+                    duration: Duration::from_secs_f64(duration),
+                    away: Duration::from_secs_f64(away),
+                    stay: Duration::from_secs_f64(stay),
+                    seed,
+                },
+                &server,
+            )
+        }
         Mode::Churn { loops, duration } => churn::run(
             &mut fleet,
             &churn::Settings {
@@ -396,7 +479,11 @@ fn main() -> ExitCode {
     match report {
         Ok(report) => {
             report.print(cli.json);
-            ExitCode::SUCCESS
+            if report.failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("loadgen: {e}");
