@@ -136,48 +136,48 @@ for name in steady burst churn; do
 
 # Scale-out: two instances sharing the room through Redis (built with
 # `--features redis` in its own target dir, so the default binary above is
-# untouched), every other connection on each, the same fan-out load. The
+# untouched), every other connection on each. Redis orders the room: every
+# chat makes a round trip through it before any instance relays it. The
 # servers' CPU figure is both instances plus Redis, all on the servers' core.
+start_cluster() {
+  local rport port
+  rport=$(free_port)
+  "${pin_server[@]}" redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no >"$work/redis.log" 2>&1 &
+  cluster_pids+=($!)
+  cluster_urls=()
+  cluster_ports=()
+  for _ in 1 2; do
+    port=$(free_port)
+    "${pin_server[@]}" target/redis/release/websocket-public-chat --host 127.0.0.1 --port "$port" \
+      --redis "redis://127.0.0.1:$rport/" >"$work/instance-$port.log" 2>&1 &
+    cluster_pids+=($!)
+    cluster_urls+=(--url "ws://127.0.0.1:$port/ws")
+    cluster_ports+=("$port")
+  done
+  # Both instances' backplane up before the load starts.
+  benchmark/wait-linked.py "${cluster_ports[@]}"
+}
+
+cluster_run() { # $1: scenario label, rest: loadgen arguments
+  local label="websocket-public-chat ×2 + Redis" scenario=$1 pids=() pid
+  shift
+  for pid in "${cluster_pids[@]}"; do pids+=(--server-pid "$pid"); done
+  echo "== $label: $scenario" >&2
+  "${pin_loadgen[@]}" "$loadgen" "${cluster_urls[@]}" "${pids[@]}" --json "$@" | tee "$work/last.json" | record "$label" "$scenario"
+}
+
 cluster() {
   if ! command -v redis-server >/dev/null; then
     echo "run.sh: no redis-server (tests/redis.sh installs it): cluster scenario skipped" >&2
     return
   fi
   cargo build --release --quiet -p websocket-public-chat --features redis --target-dir target/redis
-  local rport urls=() pids=()
-  rport=$(free_port)
-  "${pin_server[@]}" redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no >"$work/redis.log" 2>&1 &
-  cluster_pids+=($!)
-  for _ in 1 2; do
-    local port
-    port=$(free_port)
-    "${pin_server[@]}" target/redis/release/websocket-public-chat --host 127.0.0.1 --port "$port" \
-      --redis "redis://127.0.0.1:$rport/" >"$work/instance-$port.log" 2>&1 &
-    cluster_pids+=($!)
-    urls+=(--url "ws://127.0.0.1:$port/ws")
-  done
-  for pid in "${cluster_pids[@]}"; do pids+=(--server-pid "$pid"); done
-  # Both instances' backplane up before the load starts.
-  python3 - "${urls[@]}" <<'PY'
-import json, sys, time, urllib.request
-ports = [u.split(":")[2].split("/")[0] for u in sys.argv[1:] if u.startswith("ws://")]
-deadline = time.time() + 10
-for port in ports:
-    while True:
-        try:
-            s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=1))
-            if s["backplane"]["state"] == "up":
-                break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            sys.exit(f"run.sh: instance on {port} never linked to Redis")
-        time.sleep(0.05)
-PY
-  local label="websocket-public-chat ×2 + Redis" scenario="cluster fanout 1000 × 100 senders × 9/s"
-  echo "== $label: $scenario" >&2
-  "${pin_loadgen[@]}" "$loadgen" "${urls[@]}" "${pids[@]}" --json fanout --duration 10 | record "$label" "$scenario"
-  stop_server
+  local secs=10
+  [ "$quick" = 1 ] && secs=3
+  start_cluster; cluster_run "cluster fanout 1000 × 100 senders × 9/s" fanout --duration "$secs"; stop_server
+  start_cluster; cluster_run "reconnect 100 people, 10 senders × 9/s" reconnect --duration "$secs" --seed 1; stop_server
+  start_cluster; cluster_run "connect 2000, each recovers 100" connect --connections 2000 --fill 100 --since-back 100; stop_server
+  start_cluster; cluster_run "200 recoveries of 100, one at a time" connect --connections 200 --concurrency 1 --fill 100 --since-back 100; stop_server
 }
 
 # History and recovery (ours only: the compared servers have none). People
@@ -196,6 +196,12 @@ recovery() {
   start_server "$server_bin --host 127.0.0.1 --port {port}"
   loadgen_run websocket-public-chat "connect 2000 with history 100" connect --connections 2000 --fill 100 --history 100
   stop_server
+  start_server "$server_bin --host 127.0.0.1 --port {port}"
+  loadgen_run websocket-public-chat "connect 2000, each recovers 100" connect --connections 2000 --fill 100 --since-back 100
+  stop_server
+  start_server "$server_bin --host 127.0.0.1 --port {port}"
+  loadgen_run websocket-public-chat "200 recoveries of 100, one at a time" connect --connections 200 --concurrency 1 --fill 100 --since-back 100
+  stop_server
   [ "$quick" = 1 ] && return
   start_server "$server_bin --host 127.0.0.1 --port {port}"
   loadgen_run websocket-public-chat "ring of 100 × 10 KB chats" connect --connections 1 --fill 100 --fill-size 10000
@@ -204,7 +210,7 @@ recovery() {
 
 suite websocket-public-chat "$server_bin --host 127.0.0.1 --port {port}"
 recovery
-[ "$quick" = 1 ] || cluster
+cluster
 for cmd in "${compares[@]}"; do
   suite "$(basename "${cmd%% *}")" "$cmd"
 done
@@ -230,7 +236,7 @@ columns = {
     "fanout": ["deliveries_per_sec", "delivery_ratio", "latency_p50_ms", "latency_p99_ms", "latency_p99_9_ms",
                "latency_max_ms", "server_cpu_ms_per_1000_deliveries", "server_cpu_percent", "loadgen_cpu_percent"],
     "connect": ["connections", "handshakes_per_sec", "handshake_p99_ms", "server_bytes_per_connection",
-                "server_cpu_us_per_handshake", "failed", "server_rss_fill_kib"],
+                "server_cpu_us_per_handshake", "join_p50_ms", "join_p99_ms", "failed", "server_rss_fill_kib"],
     "churn": ["cycles_per_sec", "errors", "unclean_closes", "server_cpu_us_per_cycle", "loadgen_cpu_percent"],
     "reconnect": ["chats_sent", "drops", "recoveries", "recoveries_incomplete", "chats_received", "lost", "duplicated",
                   "server_cpu_us_per_chat", "loadgen_cpu_percent"],

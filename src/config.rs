@@ -9,7 +9,11 @@ use clap::error::ErrorKind;
 
 /// A public chat room over WebSocket (one room, "public", at /ws).
 #[derive(Parser, Debug, Clone)]
-#[command(name = "websocket-public-chat", version)]
+#[command(
+    name = "websocket-public-chat",
+    version,
+    override_usage = "websocket-public-chat [OPTIONS]"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]

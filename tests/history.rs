@@ -26,25 +26,6 @@ fn say(sender: &mut Client, witness: &mut Client, texts: &[&str]) -> Vec<u64> {
         .collect()
 }
 
-/// Joins with `fields` added to the join; returns the chats replayed and the `joined` answer.
-fn join_with(server: &ServerProcess, name: &str, fields: Value) -> (Client, Vec<Value>, Value) {
-    let mut client = Client::connect(server);
-    let mut join = json!({"type": "join", "user": name});
-    join.as_object_mut()
-        .unwrap()
-        .extend(fields.as_object().unwrap().clone());
-    client.send(join);
-    let mut replayed = Vec::new();
-    loop {
-        let message = client.recv();
-        if message["type"] == "joined" {
-            return (client, replayed, message);
-        }
-        assert_eq!(message["type"], "chat", "{message}");
-        replayed.push(message);
-    }
-}
-
 fn texts(chats: &[Value]) -> Vec<&str> {
     chats.iter().map(|c| c["text"].as_str().unwrap()).collect()
 }
@@ -74,10 +55,10 @@ fn every_chat_carries_the_next_id_and_a_newcomer_gets_the_last_ones() {
         json!({"type": "joined", "room": "public", "epoch": epoch, "last": 8, "recovered": true})
     );
 
-    // More than kept: what is kept (5), and the answer says some are gone.
+    // More than --history: capped at 5, so the 5 kept are all it asked for.
     let (_, replayed, joined) = join_with(&server, "dave", json!({"history": 50}));
     assert_eq!(texts(&replayed), ["c4", "c5", "c6", "c7", "c8"]);
-    assert_eq!(joined["recovered"], false);
+    assert_eq!(joined["recovered"], true);
 
     // A join that asks for nothing gets nothing extra: the next message is live.
     let mut erin = Client::joined(&server, "erin");
@@ -163,6 +144,18 @@ fn a_gap_wider_than_the_window_or_a_restart_is_not_a_recovery() {
         (json!(false), epoch.clone())
     );
 
+    // An id above the newest this epoch gave: nothing is after it.
+    let (_, replayed, joined) = join_with(&server, "ahead", json!({"since": 7, "epoch": epoch}));
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert_eq!(
+        (joined["recovered"].clone(), joined["last"].clone()),
+        (json!(false), json!(6))
+    );
+    // Asking for more than --history keeps: capped, so all of it is complete.
+    let (_, replayed, joined) = join_with(&server, "greedy", json!({"history": 50}));
+    assert_eq!(texts(&replayed), ["4", "5", "6"]);
+    assert_eq!(joined["recovered"], true);
+
     // A restarted server has a new epoch: the old one is not recovered.
     let restarted = ServerProcess::start(&["--history", "3"]);
     let (_, replayed, joined) = join_with(&restarted, "back", json!({"since": 6, "epoch": epoch}));
@@ -170,7 +163,7 @@ fn a_gap_wider_than_the_window_or_a_restart_is_not_a_recovery() {
     assert_eq!(joined["recovered"], false);
     assert_ne!(joined["epoch"], epoch);
     assert_eq!(joined["last"], 0);
-    assert_eq!(server.stats()["recoveries_incomplete"], 2);
+    assert_eq!(server.stats()["recoveries_incomplete"], 3);
 }
 
 #[test]
@@ -192,7 +185,12 @@ fn the_ring_keeps_within_its_byte_bound_and_history_0_turns_it_off() {
     let mut alice = Client::joined(&off, "alice");
     let mut bob = Client::joined(&off, "bob");
     assert_eq!(say(&mut alice, &mut bob, &["one", "two"]), [1, 2]);
+    // History off: `history` is capped at 0; a recovery cannot be complete.
     let (_, replayed, joined) = join_with(&off, "carol", json!({"history": 10}));
+    assert!(replayed.is_empty());
+    assert_eq!(joined["last"], 2);
+    let epoch = joined["epoch"].clone();
+    let (_, replayed, joined) = join_with(&off, "dave", json!({"since": 1, "epoch": epoch}));
     assert!(replayed.is_empty());
     assert_eq!(
         (joined["last"].clone(), joined["recovered"].clone()),

@@ -1,6 +1,9 @@
 //! Several instances sharing the room through a real `redis-server` (on a free
-//! loopback port, started and stopped here). Runs with `--features redis`
-//! (`tests/redis.sh` installs redis-server and runs it).
+//! loopback port, started and stopped here): one order and one set of ids
+//! from Redis, recovery on any instance from its stream, what an outage or
+//! a Redis that lost its data does, and what a stranger publishing on the
+//! channel can and cannot do. Runs with `--features redis` (`tests/redis.sh`
+//! installs redis-server and runs it).
 #![cfg(feature = "redis")]
 
 mod common;
@@ -12,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, PATIENCE, ServerProcess, http_get, server_binary};
-use serde_json::json;
+use common::{Client, PATIENCE, ServerProcess, http_get, join_with, server_binary};
+use serde_json::{Value, json};
 
 /// A redis-server of our own, killed on drop.
 struct Redis {
@@ -102,6 +105,18 @@ impl Drop for Redis {
     }
 }
 
+/// `n` instances sharing `redis`, each linked to it.
+fn instances(redis: &Redis, n: usize) -> Vec<ServerProcess> {
+    wait_listening(redis.port);
+    let servers: Vec<ServerProcess> = (0..n)
+        .map(|_| ServerProcess::start(&["--redis", &redis.url()]))
+        .collect();
+    for server in &servers {
+        wait_backplane(server, "up");
+    }
+    servers
+}
+
 fn wait_backplane(server: &ServerProcess, state: &str) {
     wait_link(server, "state", state);
 }
@@ -140,13 +155,7 @@ fn expect_nothing(clients: &mut [&mut Client]) {
 #[test]
 fn instances_share_the_room_and_survive_a_redis_restart() {
     let redis = Redis::start(None);
-    wait_listening(redis.port);
-    let servers: Vec<ServerProcess> = (0..3)
-        .map(|_| ServerProcess::start(&["--redis", &redis.url()]))
-        .collect();
-    for server in &servers {
-        wait_backplane(server, "up");
-    }
+    let servers = instances(&redis, 3);
     let mut a = Client::joined(&servers[0], "a");
     let mut a2 = Client::joined(&servers[0], "a2");
     let mut b = Client::joined(&servers[1], "b");
@@ -171,10 +180,11 @@ fn instances_share_the_room_and_survive_a_redis_restart() {
         }
     }
     expect_nothing(&mut [&mut a, &mut a2, &mut b, &mut c]);
+    // Every chat came through the subscription, its own one too.
     let stats = servers[0].stats()["backplane"].clone();
     assert_eq!(
         (&stats["published"], &stats["received"]),
-        (&json!(1), &json!(11))
+        (&json!(1), &json!(12))
     );
 
     // Redis gone: the link shows down, local relay goes on, nothing crosses.
@@ -188,7 +198,7 @@ fn instances_share_the_room_and_survive_a_redis_restart() {
     a.send(chat("local only"));
     expect_chat(&mut a2, "a", "local only");
     expect_nothing(&mut [&mut b, &mut c]);
-    assert!(servers[0].stats()["backplane"]["lost_outgoing"].as_u64() >= Some(1));
+    assert_eq!(servers[0].stats()["order"], "local");
 
     // Redis back on the same port: relay across instances resumes by itself.
     let _redis = Redis::start(Some(port));
@@ -203,60 +213,113 @@ fn instances_share_the_room_and_survive_a_redis_restart() {
     expect_nothing(&mut [&mut a, &mut a2, &mut b, &mut c]);
 }
 
+/// The room's newest id in Redis (0 if none yet).
+fn offset(redis: &Redis) -> u64 {
+    let mut stream = TcpStream::connect(("127.0.0.1", redis.port)).expect("connect to redis");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+        .write_all(b"HGET websocket-public-chat:public:meta offset\r\n")
+        .unwrap();
+    // `$N` and the value on the next line, or `$-1` for none.
+    let mut reader = BufReader::new(stream);
+    let mut size = String::new();
+    reader.read_line(&mut size).unwrap();
+    if size.trim() == "$-1" {
+        return 0;
+    }
+    let mut value = String::new();
+    reader.read_line(&mut value).unwrap();
+    value.trim().parse().expect("an offset")
+}
+
+/// Appends `chat` to the room as an instance would, but by hand: someone
+/// with write access to the room's keys. Returns the reply's first line.
+fn append(redis: &Redis, origin: &str, chat: &str) -> String {
+    let script = b"local id = redis.call('HINCRBY', KEYS[1], 'offset', 1) \
+        redis.call('XADD', KEYS[2], id .. '-0', 'o', ARGV[1], 'c', ARGV[2]) \
+        redis.call('PUBLISH', ARGV[3], redis.call('HGET', KEYS[1], 'epoch') .. ' ' .. id .. ' x x') \
+        return id";
+    redis.command(&[
+        b"EVAL",
+        script,
+        b"2",
+        b"websocket-public-chat:public:meta",
+        b"websocket-public-chat:public:stream",
+        origin.as_bytes(),
+        chat.as_bytes(),
+        b"websocket-public-chat:public",
+    ])
+}
+
 #[test]
-fn whatever_is_published_on_the_channel_is_checked_like_a_local_chat() {
+fn a_publish_from_outside_injects_nothing_and_the_stream_is_checked_like_a_client() {
     let redis = Redis::start(None);
     wait_listening(redis.port);
     let server = ServerProcess::start(&["--redis", &redis.url(), "--max-message-size", "1000"]);
     wait_backplane(&server, "up");
     let mut alice = Client::joined(&server, "alice");
-    // Another instance's id in front, as instances publish.
-    let from_elsewhere = |json: String| format!("00000000deadbeef {json}").into_bytes();
+    let epoch = server.stats()["epoch"]
+        .as_str()
+        .expect("an epoch")
+        .to_string();
+    let origin = "00000000deadbeef-1-1-1-R";
+    let valid = r#"{"type":"chat","room":"public","user":"bob","text":"ok"}"#;
+
+    // Anyone who may PUBLISH on the channel: whatever the message says, the
+    // chat is read from the stream, where there is none. Not in the format;
+    // another epoch Redis does not have; the next id; one from the future.
+    let next = offset(&redis) + 1;
+    redis.publish(valid.as_bytes());
+    redis.publish(format!("other-epoch {next} {origin} {valid}").as_bytes());
+    redis.publish(format!("{epoch} {next} {origin} {valid}").as_bytes());
+    redis.publish(format!("{epoch} {} {origin} {valid}", next + 5).as_bytes());
+    expect_nothing(&mut [&mut alice]);
+    let stats = server.stats();
+    assert_eq!(stats["backplane"]["malformed"], 1, "{stats}");
+    assert_eq!(stats["backplane"]["forged"], 3, "{stats}");
+    assert_eq!(stats["backplane"]["received"], 0, "{stats}");
+
+    // Someone who may write the room's keys: each entry is checked like a
+    // chat from a client, and what is not one is dropped.
     let refused = [
         // Presence to a client that never asked, and a count that lies.
-        from_elsewhere(r#"{"type":"presence","room":"public","online":-7}"#.into()),
+        r#"{"type":"presence","room":"public","online":-7}"#.to_string(),
         // Fields of the wrong type.
-        from_elsewhere(
-            r#"{"type":"chat","room":"public","user":{"is":"admin"},"text":{"x":1}}"#.into(),
-        ),
+        r#"{"type":"chat","room":"public","user":{"is":"admin"},"text":{"x":1}}"#.into(),
         // A name that would show as another.
-        from_elsewhere(
-            r#"{"type":"chat","room":"public","user":"\u202enimda","text":"hi"}"#.into(),
-        ),
+        r#"{"type":"chat","room":"public","user":"\u202enimda","text":"hi"}"#.into(),
         // JSON that strict parsers reject.
-        from_elsewhere(
-            r#"{"type":"chat","room":"public","user":"bob","text":"x","ts":1e400}"#.into(),
-        ),
-        // Far over the size limit this server keeps: dropped before it is queued.
-        from_elsewhere(format!(
-            r#"{{"type":"chat","room":"public","user":"bob","text":"{}"}}"#,
-            "x".repeat(5_000_000)
-        )),
-        // Just over it: the smallest local chat with this text would be
-        // 1001 bytes, which a client here could not send either.
-        from_elsewhere(format!(
+        r#"{"type":"chat","room":"public","user":"bob","text":"x","ts":1e400}"#.into(),
+        // Just over the size limit: the smallest local chat with this text
+        // would be 1001 bytes, which a client here could not send either.
+        format!(
             r#"{{"type":"chat","room":"public","user":"bob","text":"{}"}}"#,
             "x".repeat(976)
-        )),
-        // No instance id: not from an instance.
-        br#"{"type":"chat","room":"public","user":"bob","text":"hi"}"#.to_vec(),
+        ),
+        // Far over it: not even handed to the engine.
+        format!(
+            r#"{{"type":"chat","room":"public","user":"bob","text":"{}"}}"#,
+            "x".repeat(5_000_000)
+        ),
     ];
-    for message in &refused {
-        assert_eq!(redis.publish(message), 1);
+    for json in &refused {
+        append(&redis, origin, json);
     }
-    // A well-formed chat from elsewhere passes, rebuilt by this server's serializer.
-    redis.publish(&from_elsewhere(
-        r#"{"ts":5,"text":"hi \"all\"","extra":"dropped","user":"bob","room":"public","type":"chat"}"#.into(),
-    ));
-    assert_eq!(
-        alice.recv(),
-        json!({"type": "chat", "room": "public", "id": 1, "user": "bob", "text": "hi \"all\"", "ts": 5})
+    // A well-formed chat passes, rebuilt by this server's serializer.
+    append(
+        &redis,
+        origin,
+        r#"{"ts":5,"text":"hi \"all\"","extra":"dropped","user":"bob","room":"public","type":"chat"}"#,
     );
-    // The largest text a local client may send passes from the channel too.
+    let got = alice.recv();
+    assert_eq!(
+        got,
+        json!({"type": "chat", "room": "public", "id": next + 6, "user": "bob", "text": "hi \"all\"", "ts": 5})
+    );
+    // The largest text a local client may send passes from the stream too.
     let largest = "x".repeat(975);
-    redis.publish(&from_elsewhere(format!(
-        r#"{{"type":"chat","room":"public","user":"bob","text":"{largest}"}}"#
-    )));
+    let json = format!(r#"{{"type":"chat","room":"public","user":"bob","text":"{largest}"}}"#);
+    append(&redis, origin, &json);
     assert_eq!(alice.recv()["text"], largest.as_str());
     let mut carol = Client::joined(&server, "carol");
     carol.send(chat(&largest));
@@ -264,23 +327,210 @@ fn whatever_is_published_on_the_channel_is_checked_like_a_local_chat() {
     expect_nothing(&mut [&mut alice]);
     let stats = server.stats();
     assert_eq!(stats["backplane_rejected"], 5, "{stats}");
-    assert_eq!(stats["backplane"]["malformed"], 1, "{stats}");
     assert_eq!(stats["backplane"]["oversized"], 1, "{stats}");
-    // Counted when queued for the loop, before the engine's checks.
-    assert_eq!(stats["backplane"]["received"], 7, "{stats}");
+    // Counted when handed on, before the engine's checks.
+    assert_eq!(stats["backplane"]["received"], 8, "{stats}");
     // One byte more from a local client is too big for this server.
     carol.send(chat(&"x".repeat(976)));
     assert_eq!(carol.recv_close(), Some(1009));
 }
 
+/// (id, text) of each chat.
+fn id_text(chats: &[Value]) -> Vec<(u64, String)> {
+    chats
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_u64().expect("an id"),
+                c["text"].as_str().expect("text").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The next `n` chats `client` receives.
+fn next_chats(client: &mut Client, n: usize) -> Vec<Value> {
+    (0..n).map(|_| client.recv()).collect()
+}
+
+#[test]
+fn a_client_recovers_on_another_instance_and_everyone_sees_one_order() {
+    let redis = Redis::start(None);
+    let servers = instances(&redis, 3);
+    let mut people: Vec<Client> = ["a", "b", "c"]
+        .iter()
+        .zip(&servers)
+        .map(|(name, server)| Client::joined(server, name))
+        .collect();
+    let (mut dave, _, joined) = join_with(&servers[0], "dave", json!({"history": 0}));
+    let epoch = joined["epoch"].clone();
+    assert_eq!(joined["recovered"], true);
+
+    // Everyone at once, from three instances: Redis gives the order. Each
+    // person sees every other person's chats; the ids and order agree.
+    let round = |people: &mut Vec<Client>, tag: &str| {
+        for (i, person) in people.iter_mut().enumerate() {
+            for n in 0..3 {
+                person.queue(chat(&format!("{tag}{i}.{n}")));
+            }
+            person.flush();
+        }
+    };
+    round(&mut people, "r");
+    let seen: Vec<Vec<(u64, String)>> = people
+        .iter_mut()
+        .map(|p| id_text(&next_chats(p, 6)))
+        .collect();
+    let dave_saw = id_text(&next_chats(&mut dave, 9));
+    for (i, saw) in seen.iter().enumerate() {
+        let others: Vec<_> = dave_saw
+            .iter()
+            .filter(|(_, text)| !text.starts_with(&format!("r{i}.")))
+            .cloned()
+            .collect();
+        assert_eq!(saw, &others, "person {i} and dave disagree");
+    }
+    let ids: Vec<u64> = dave_saw.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    // One sender's chats keep their order.
+    for i in 0..3 {
+        let mine: Vec<_> = dave_saw
+            .iter()
+            .filter(|(_, t)| t.starts_with(&format!("r{i}.")))
+            .map(|(_, t)| t.clone())
+            .collect();
+        assert_eq!(
+            mine,
+            (0..3).map(|n| format!("r{i}.{n}")).collect::<Vec<_>>()
+        );
+    }
+
+    // Dave drops off A; the room goes on; he comes back on B with since.
+    let last_seen = *ids.last().unwrap();
+    drop(dave);
+    round(&mut people, "s");
+    let missed = id_text(&next_chats(&mut people[0], 6));
+    let (mut dave, replayed, joined) = join_with(
+        &servers[1],
+        "dave",
+        json!({"since": last_seen, "epoch": epoch}),
+    );
+    assert_eq!(joined["recovered"], true, "{joined}");
+    assert_eq!(joined["epoch"], epoch);
+    let replayed = id_text(&replayed);
+    assert_eq!(replayed.len(), 9, "{replayed:?}");
+    assert_eq!(
+        replayed.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        (last_seen + 1..=last_seen + 9).collect::<Vec<_>>()
+    );
+    // What a's person saw of them, in the same places.
+    let of_others: Vec<_> = replayed
+        .iter()
+        .filter(|(_, t)| !t.starts_with("s0."))
+        .cloned()
+        .collect();
+    assert_eq!(of_others, missed);
+    assert_eq!(joined["last"], last_seen + 9);
+    // Live from there, once.
+    people[2].send(chat("live"));
+    assert_eq!(
+        id_text(&[dave.recv()]),
+        [(last_seen + 10, "live".to_string())]
+    );
+    expect_nothing(&mut [&mut dave]);
+}
+
+#[test]
+fn a_redis_that_lost_the_room_or_is_away_is_told_and_recovery_resumes() {
+    let redis = Redis::start(None);
+    let [a, b] = <[ServerProcess; 2]>::try_from(instances(&redis, 2))
+        .ok()
+        .unwrap();
+    let mut alice = Client::joined(&a, "alice");
+    let mut alice2 = Client::joined(&a, "alice2");
+    let (mut dave, _, joined) = join_with(&b, "dave", json!({"history": 0}));
+    let epoch = joined["epoch"].clone();
+    alice.send(chat("one"));
+    let seen = dave.recv()["id"].as_u64().unwrap();
+    alice2.recv();
+    drop(dave);
+
+    // Redis restarted without persistence: the room's data is gone, a new
+    // epoch comes, and a recovery says so.
+    let port = redis.stop();
+    let _redis = Redis::start(Some(port));
+    wait_listening(port);
+    let deadline = Instant::now() + PATIENCE;
+    while a.stats()["epoch"] == epoch
+        || b.stats()["epoch"] == epoch
+        || a.stats()["order"] != "redis"
+        || b.stats()["order"] != "redis"
+    {
+        assert!(Instant::now() < deadline, "no new epoch from Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut dave, _, joined) = join_with(&b, "dave", json!({"since": seen, "epoch": epoch}));
+    assert_eq!(joined["recovered"], false, "{joined}");
+    assert_ne!(joined["epoch"], epoch);
+    let new_epoch = joined["epoch"].clone();
+    assert_eq!(a.stats()["epoch"], new_epoch);
+    alice.send(chat("two"));
+    let two = dave.recv();
+    assert_eq!(
+        (two["text"].as_str(), two["id"].as_u64()),
+        (Some("two"), Some(1))
+    );
+    alice2.recv();
+    drop(dave);
+
+    // Redis away: local relay goes on, under an epoch of the instance's own;
+    // a recovery across the outage says it is incomplete.
+    let port = _redis.stop();
+    wait_backplane(&a, "down");
+    wait_backplane(&b, "down");
+    alice.send(chat("alone"));
+    assert_eq!(alice2.recv()["text"], "alone");
+    let (_, _, joined) = join_with(&a, "dave", json!({"since": 1, "epoch": new_epoch}));
+    assert_eq!(joined["recovered"], false, "{joined}");
+    assert_eq!(a.stats()["order"], "local");
+
+    // Redis back (with the room it had, as from persistence it would not
+    // have here: a fresh one): Redis orders again, and recovery works.
+    let _redis = Redis::start(Some(port));
+    wait_listening(port);
+    let deadline = Instant::now() + PATIENCE;
+    while a.stats()["order"] != "redis" || b.stats()["order"] != "redis" {
+        assert!(
+            Instant::now() < deadline,
+            "Redis never ordered the room again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut dave_b, _, joined) = join_with(&b, "dave", json!({"history": 0}));
+    let (epoch, seen) = (joined["epoch"].clone(), joined["last"].as_u64().unwrap());
+    alice.send(chat("three"));
+    assert_eq!(dave_b.recv()["text"], "three");
+    assert_eq!(alice2.recv()["text"], "three");
+    drop(dave_b);
+    alice.send(chat("four"));
+    assert_eq!(alice2.recv()["text"], "four");
+    let (_, replayed, joined) = join_with(&a, "dave", json!({"since": seen, "epoch": epoch}));
+    assert_eq!(joined["recovered"], true, "{joined}");
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|c| c["text"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["three", "four"]
+    );
+}
+
 #[test]
 fn a_subscription_redis_cuts_off_is_counted_and_comes_back() {
     let redis = Redis::start(None);
-    wait_listening(redis.port);
-    let a = ServerProcess::start(&["--redis", &redis.url()]);
-    let b = ServerProcess::start(&["--redis", &redis.url()]);
-    wait_backplane(&a, "up");
-    wait_backplane(&b, "up");
+    let [a, b] = <[ServerProcess; 2]>::try_from(instances(&redis, 2))
+        .ok()
+        .unwrap();
     // A 33 MiB publish (anyone with PUBLISH on the channel can) passes Redis's
     // default pub/sub output buffer limit: Redis cuts every subscriber off.
     // Instances cannot send such a chat: --max-message-size is at most 1 MiB

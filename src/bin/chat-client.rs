@@ -33,6 +33,7 @@ const MAX_INCOMING: usize = 16 << 20;
 #[command(
     name = "chat-client",
     version,
+    override_usage = "chat-client [OPTIONS]",
     about = "Terminal client for the public chat room"
 )]
 struct Args {

@@ -11,8 +11,11 @@ use crate::chat::rate_limit::TokenBucket;
 pub struct Member {
     /// The joined name as a JSON string literal, stamped on every chat it sends.
     pub user: Box<str>,
-    /// Its position in `Room::members`.
+    /// Its position in `Room::members` (unless `waiting`).
     pub index: usize,
+    /// Waiting for its history from Redis: not in the room yet, its live
+    /// chats held (`Engine::waiting`).
+    pub waiting: bool,
     /// If it asked for the online count: its position in the list of those
     /// who did, and the count it was last sent.
     pub watching: Option<(usize, usize)>,
@@ -110,6 +113,7 @@ mod tests {
         chat.member = Some(Member {
             user,
             index: 0,
+            waiting: false,
             watching: None,
         });
         chat

@@ -56,10 +56,16 @@ impl History {
         self.last
     }
 
-    /// Records the next chat (its frame, which carries `next_id`), keeping it
-    /// if the bounds allow and dropping the oldest to make room.
-    pub fn push(&mut self, frame: Rc<[u8]>) {
-        self.last += 1;
+    /// Records chat `id` (its frame, which carries it), keeping it if the
+    /// bounds allow and dropping the oldest to make room. Ids are the room's
+    /// (`next_id`, or Redis's, which follow each other the same way); an id
+    /// that does not follow the last starts the ring afresh, so what it
+    /// holds is always a run without gaps.
+    pub fn record(&mut self, id: u64, frame: Rc<[u8]>) {
+        if id != self.last + 1 {
+            self.restart(id.saturating_sub(1));
+        }
+        self.last = id;
         let cost = frame.len() + FRAME_COST;
         if self.max_chats == 0 || cost > self.max_cost {
             // It could never be kept: none before it can be served after it either.
@@ -77,21 +83,43 @@ impl History {
         self.chats.push_back(frame);
     }
 
+    /// Forgets every chat kept; the room's newest id is now `last` (a new
+    /// epoch, or the ids of another order).
+    pub fn restart(&mut self, last: u64) {
+        self.chats.clear();
+        self.cost = 0;
+        self.last = last;
+    }
+
     /// The `count` most recent chats kept, oldest first.
     pub fn recent(&self, count: usize) -> Vec<&Rc<[u8]>> {
         let skip = self.chats.len().saturating_sub(count);
         self.chats.iter().skip(skip).collect()
     }
 
-    /// The chats after id `seen`, and whether that is all of them.
-    pub fn since(&self, seen: u64) -> Since<'_> {
+    /// The chats after id `seen`, at most the newest `limit` of them, and
+    /// whether that is all of them (else a gap: some are gone or left out).
+    pub fn since(&self, seen: u64, limit: usize) -> Since<'_> {
         let first_kept = self.last + 1 - self.chats.len() as u64;
-        if seen + 1 >= first_kept {
-            let skip = (seen + 1 - first_kept) as usize;
-            Since::All(self.chats.iter().skip(skip).collect())
+        let after = if seen + 1 >= first_kept {
+            (seen + 1 - first_kept) as usize
         } else {
-            Since::Gap(self.chats.iter().collect())
+            0
+        };
+        let skip = after.max(self.chats.len().saturating_sub(limit));
+        let chats = self.chats.iter().skip(skip).collect();
+        if seen + 1 >= first_kept && skip == after {
+            Since::All(chats)
+        } else {
+            Since::Gap(chats)
         }
+    }
+
+    /// Chat `id`'s frame, if it is kept.
+    pub fn get(&self, id: u64) -> Option<&Rc<[u8]>> {
+        let first_kept = self.last + 1 - self.chats.len() as u64;
+        let at = id.checked_sub(first_kept)?;
+        self.chats.get(usize::try_from(at).ok()?)
     }
 
     /// Chats kept.
@@ -133,7 +161,7 @@ mod tests {
         let mut h = History::new(3, usize::MAX);
         for n in 1..=10 {
             assert_eq!(h.next_id(), n);
-            h.push(chat(n, 100));
+            h.record(n, chat(n, 100));
         }
         assert_eq!((h.last(), h.len()), (10, 3));
         assert_eq!(ids(&h.recent(2)), [9, 10]);
@@ -141,43 +169,61 @@ mod tests {
         // The byte bound: five chats of 100 bytes fit; a bigger one pushes out three.
         let mut h = History::new(100, 5 * (100 + FRAME_COST));
         for n in 1..=20 {
-            h.push(chat(n, 100));
+            h.record(n, chat(n, 100));
         }
         assert_eq!(ids(&h.recent(100)), [16, 17, 18, 19, 20]);
-        h.push(chat(21, 3 * (100 + FRAME_COST) - FRAME_COST));
+        h.record(21, chat(21, 3 * (100 + FRAME_COST) - FRAME_COST));
         assert_eq!(ids(&h.recent(100)), [19, 20, 21]);
         assert_eq!(h.cost(), 5 * (100 + FRAME_COST));
         // One that could never fit empties the ring: nothing before it can follow it.
-        h.push(chat(22, 6 * (100 + FRAME_COST)));
+        h.record(22, chat(22, 6 * (100 + FRAME_COST)));
         assert_eq!((h.len(), h.last()), (0, 22));
     }
 
     #[test]
     fn since_tells_a_full_recovery_from_a_gap() {
         let mut h = History::new(4, usize::MAX);
-        assert_eq!(h.since(0), Since::All(vec![]));
+        assert_eq!(h.since(0, usize::MAX), Since::All(vec![]));
         for n in 1..=10 {
-            h.push(chat(n, 8));
+            h.record(n, chat(n, 8));
         }
         // Kept: 7..=10.
         let all = |s: Since<'_>| match s {
             Since::All(c) => Ok(ids(&c)),
             Since::Gap(c) => Err(ids(&c)),
         };
-        assert_eq!(all(h.since(10)), Ok(vec![]));
-        assert_eq!(all(h.since(8)), Ok(vec![9, 10]));
-        assert_eq!(all(h.since(6)), Ok(vec![7, 8, 9, 10]));
-        assert_eq!(all(h.since(5)), Err(vec![7, 8, 9, 10]));
-        assert_eq!(all(h.since(0)), Err(vec![7, 8, 9, 10]));
+        assert_eq!(all(h.since(10, usize::MAX)), Ok(vec![]));
+        assert_eq!(all(h.since(8, usize::MAX)), Ok(vec![9, 10]));
+        assert_eq!(all(h.since(6, usize::MAX)), Ok(vec![7, 8, 9, 10]));
+        assert_eq!(all(h.since(5, usize::MAX)), Err(vec![7, 8, 9, 10]));
+        assert_eq!(all(h.since(0, usize::MAX)), Err(vec![7, 8, 9, 10]));
+        // A limit keeps the newest, and what it leaves out is a gap.
+        assert_eq!(all(h.since(6, 2)), Err(vec![9, 10]));
+        assert_eq!(all(h.since(8, 2)), Ok(vec![9, 10]));
     }
 
     #[test]
     fn no_history_still_counts_ids() {
         let mut h = History::new(0, usize::MAX);
-        h.push(chat(1, 8));
-        h.push(chat(2, 8));
+        h.record(1, chat(1, 8));
+        h.record(2, chat(2, 8));
         assert_eq!((h.last(), h.len(), h.next_id()), (2, 0, 3));
-        assert_eq!(h.since(2), Since::All(vec![]));
-        assert!(matches!(h.since(1), Since::Gap(c) if c.is_empty()));
+        assert_eq!(h.since(2, usize::MAX), Since::All(vec![]));
+        assert!(matches!(h.since(1, usize::MAX), Since::Gap(c) if c.is_empty()));
+    }
+
+    #[test]
+    fn an_id_that_does_not_follow_starts_afresh() {
+        let mut h = History::new(10, usize::MAX);
+        for n in 1..=3 {
+            h.record(n, chat(n, 8));
+        }
+        // Redis's ids, after some this ring never saw: no gap is ever inside it.
+        h.record(7, chat(7, 8));
+        assert_eq!((h.last(), ids(&h.recent(10))), (7, vec![7]));
+        assert!(matches!(h.since(3, usize::MAX), Since::Gap(_)));
+        assert_eq!(h.since(6, usize::MAX), Since::All(h.recent(10)));
+        h.restart(40);
+        assert_eq!((h.last(), h.len(), h.next_id()), (40, 0, 41));
     }
 }

@@ -5,18 +5,21 @@
 //! an explicit `now` in milliseconds: a connection accepted (`handle_accept`),
 //! bytes received (`handle_bytes`), the peer's FIN (`handle_eof`), bytes
 //! written (`handle_written`, `handle_flushed`), time passing
-//! (`handle_timeout`), a shutdown signal, a chat from another instance. It
-//! takes back what to do: the bytes to write per connection (`transmit`, as
-//! `IoSlice`s for one `writev`, for each key `next_dirty` names), `Action`s
-//! (shut a write side, close a socket, resume reading, stop or resume
-//! accepting, publish a chat), how much to read (`read_limit`) and when to
-//! call again (`next_deadline`). No sockets, no clock reads, no threads.
+//! (`handle_timeout`), a shutdown signal, what the Redis backplane reports
+//! (`handle_cluster`: chats in Redis's order, history read from its
+//! stream, the link's state). It takes back what to do: the bytes to write
+//! per connection (`transmit`, as `IoSlice`s for one `writev`, for each key
+//! `next_dirty` names), `Action`s (shut a write side, close a socket,
+//! resume reading, stop or resume accepting, publish a chat, read history
+//! from Redis), how much to read (`read_limit`) and when to call again
+//! (`next_deadline`). No sockets, no clock reads, no threads.
 //!
 //! Connections are kept in a slab; the driver keeps its socket under the
 //! same key. A key is freed only when the driver takes its `Close` action,
 //! so it cannot be reused while the driver still holds the old socket.
 
 pub mod close_cause;
+pub mod cluster;
 pub mod connection;
 pub mod history;
 pub mod ip_limit;
@@ -25,7 +28,7 @@ pub mod room;
 pub mod stats;
 pub mod timer_wheel;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -40,12 +43,13 @@ use crate::websocket::close;
 use crate::websocket::frame::{self, OpCode, Role};
 use crate::websocket::message::{Event, Limits, MessageReader};
 use close_cause::{After, CloseCause};
+use cluster::{Cluster, Origin, Read, Waiting};
 use connection::{Connection, Phase};
 use history::{History, Since};
 use ip_limit::IpLimit;
 use outbox::FRAME_COST;
 use room::Room;
-use stats::{BackplaneStats, Counters};
+use stats::{BackplaneStats, Counters, Live};
 use timer_wheel::TimerWheel;
 
 /// Largest read the driver is asked to make (its read buffer's size).
@@ -58,6 +62,10 @@ const MIN_READ: usize = 512;
 /// pong; pongs to ping frames replace each other.) Reads are sized by it, so
 /// one read cannot push a queue far past `--max-backlog`.
 const REPLY_COST_PER_BYTE: usize = 11;
+/// Bytes a relayed chat's frame may have beyond the message its sender sent:
+/// the frame header, the envelope, the id and the name (64 characters of
+/// at most 4 bytes, quoted).
+const MAX_CHAT_OVERHEAD: usize = 512;
 /// How long we wait for the peer's close frame after sending ours.
 const CLOSE_WAIT_MS: u64 = 2_000;
 /// How long a draining connection may wait for the peer's FIN.
@@ -89,8 +97,12 @@ pub enum Action {
     StopListening,
     /// Accept again: the pause after running out of descriptors is over.
     ResumeAccepting,
-    /// Publish this chat frame, accepted here, to the other instances.
-    Publish(Rc<[u8]>),
+    /// Publish this chat (its frame; the JSON after the header is its fields)
+    /// through Redis, which orders it and hands it to every instance.
+    Publish { frame: Rc<[u8]>, origin: Origin },
+    /// Read this join's history from the Redis stream; answer with
+    /// `FromCluster::History` for this key and connection id.
+    ReadHistory { key: usize, conn: u32, read: Read },
 }
 
 /// Reports the Redis backplane's state for `/health` and `/stats`.
@@ -101,10 +113,10 @@ pub type BackplaneProbe = Box<dyn Fn() -> BackplaneStats>;
 pub struct Options {
     /// The connection limit in force.
     pub max_conns: usize,
-    /// Hand accepted chats out as `Action::Publish` (for the backplane).
-    pub publish: bool,
-    /// This room's epoch: chosen at random at start, so clients can tell
-    /// that the history they knew is gone.
+    /// With `--redis`: this instance's id among those sharing the room.
+    pub instance: Option<u64>,
+    /// This room's epoch while it orders its own chats: chosen at random at
+    /// start, so clients can tell that the history they knew is gone.
     pub epoch: String,
 }
 
@@ -114,10 +126,14 @@ pub struct Engine {
     /// Which browser pages may upgrade (from `--allowed-origin`).
     origins: Origins,
     max_conns: usize,
-    /// Chats accepted here are handed out as `Action::Publish`.
-    publish: bool,
+    /// With `--redis`: the backplane's state, and who orders the room.
+    cluster: Option<Cluster>,
+    /// Joins waiting for their history from Redis, by key (live chats are
+    /// held for them meanwhile; they are not in `room` yet).
+    waiting: HashMap<usize, Waiting>,
     /// The room's recent chats, and the ids chats get.
     history: History,
+    /// The epoch the room's ids belong to now (Redis's, or this instance's own).
     epoch: Box<str>,
     conns: Slab<Connection>,
     next_id: u32,
@@ -180,10 +196,13 @@ impl Engine {
         Self {
             origins: Origins::from_flags(&config.allowed_origins),
             history: History::new(config.history, config.history_bytes),
+            cluster: options
+                .instance
+                .map(|instance| Cluster::new(instance, &options.epoch)),
+            waiting: HashMap::new(),
             epoch: options.epoch.into(),
             config,
             max_conns: options.max_conns,
-            publish: options.publish,
             conns: Slab::new(),
             next_id: 0,
             ip_limit,
@@ -418,17 +437,6 @@ impl Engine {
         }
     }
 
-    /// A chat another instance published (its JSON, not yet trusted): checked
-    /// like a local chat and, if valid, serialized into a frame once and
-    /// relayed to every member here; else dropped and counted.
-    pub fn handle_remote_chat(&mut self, json: &[u8], now: u64) {
-        let id = self.history.next_id();
-        match protocol::relayed_chat_frame(json, self.config.max_message_size, id) {
-            Some(frame) => self.relay(None, frame.into(), now),
-            None => self.stats.backplane_rejected += 1,
-        }
-    }
-
     /// The next thing the driver must do.
     pub fn poll_action(&mut self) -> Option<Action> {
         let action = self.actions.pop_front()?;
@@ -470,7 +478,8 @@ impl Engine {
     }
 
     /// What the engine holds in memory for one connection: the struct, its
-    /// queue as charged, its reader's buffers and any request head.
+    /// queue as charged, its reader's buffers, any request head, and the
+    /// chats held for it while it waits for its history from Redis.
     pub fn memory(&self, key: usize) -> usize {
         let Some(conn) = self.conns.get(key) else {
             return 0;
@@ -480,7 +489,8 @@ impl Engine {
             Phase::Open { reader, .. } | Phase::Closing { reader } => reader.buffered(),
             _ => 0,
         };
-        std::mem::size_of::<Connection>() + conn.outbox.cost() + buffered
+        let held = self.waiting.get(&key).map_or(0, |w| w.held_cost);
+        std::mem::size_of::<Connection>() + conn.outbox.cost() + buffered + held
     }
 
     /// The most `memory` may ever say for one connection: `--max-backlog`,
@@ -489,15 +499,23 @@ impl Engine {
     /// One read adds at most: the replies to the frames that came behind the
     /// request head (that read takes up to `MAX_HEAD` + 1 bytes), or to the
     /// `MIN_READ` bytes read close to the limit, or the reply to a message
-    /// that read completed (at most `--max-message-size`).
+    /// that read completed (at most `--max-message-size`). With Redis, a
+    /// join waiting for its history holds up to half the backlog
+    /// (and one chat more) besides.
     pub fn memory_bound(&self) -> usize {
         let max_message = self.config.max_message_size;
         let one_reply = (max_message + frame::MAX_SERVER_HEADER + FRAME_COST)
             .max((MAX_HEAD + 1).max(MIN_READ) * REPLY_COST_PER_BYTE);
+        let one_chat = max_message + MAX_CHAT_OVERHEAD + FRAME_COST;
+        let held = match self.cluster {
+            Some(_) => self.config.max_backlog / 2 + one_chat,
+            None => 0,
+        };
         std::mem::size_of::<Connection>()
             + self.config.max_backlog
             + one_reply
             + 2 * max_message
+            + held
             + 1024
     }
 
@@ -526,6 +544,12 @@ impl Engine {
             if let Phase::Open { chat, .. } = &conn.phase
                 && let Some(member) = &chat.member
             {
+                if member.waiting {
+                    if self.waiting.get(&key).is_none_or(|w| w.conn() != conn.id) {
+                        return Err(format!("member {key} waits, but not in the waiting list"));
+                    }
+                    continue;
+                }
                 members += 1;
                 if self.room.members().get(member.index) != Some(&key) {
                     return Err(format!("member {key} is not at its index in the room"));
@@ -548,11 +572,16 @@ impl Engine {
                 self.room.len()
             ));
         }
+        for &key in self.waiting.keys() {
+            if !self.member(key).is_some_and(|m| m.waiting) {
+                return Err(format!("{key} in the waiting list is not a waiting member"));
+            }
+        }
         let refused = self.stats.refused_max_conns + self.stats.refused_per_ip;
         if self.stats.websocket_upgrades + refused > self.stats.connections_total {
             return Err("more upgrades and refusals than connections".into());
         }
-        if self.stats.joins < self.room.len() as u64 {
+        if self.stats.joins < self.online() as u64 {
             return Err("fewer joins than members".into());
         }
         Ok(())
@@ -614,9 +643,14 @@ impl Engine {
                 self.stats.http_stats += 1;
                 let uptime = now.saturating_sub(self.started) as f64 / 1000.0;
                 let backplane = self.backplane.as_ref().map(|probe| probe());
-                let body = self
-                    .stats
-                    .to_json(self.conns.len(), self.room.len(), uptime, backplane);
+                let live = Live {
+                    connections: self.conns.len(),
+                    joined: self.online(),
+                    uptime_seconds: uptime,
+                    epoch: &self.epoch,
+                    order: self.cluster.as_ref().map(Cluster::order),
+                };
+                let body = self.stats.to_json(live, backplane);
                 let answer = response::ok("application/json", &body);
                 self.respond(key, answer.into(), head_only, now);
             }
@@ -701,14 +735,8 @@ impl Engine {
                 user,
                 presence,
                 catchup,
-            }) => self.join(key, user, presence, &catchup),
-            Reaction::Chat(Outcome::Relay(frame)) => {
-                let frame: Rc<[u8]> = frame.into();
-                if self.publish {
-                    self.actions.push_back(Action::Publish(Rc::clone(&frame)));
-                }
-                self.relay(Some(key), frame, now);
-            }
+            }) => self.join(key, user, presence, &catchup, now),
+            Reaction::Chat(Outcome::Relay(frame)) => self.accept_chat(key, frame.into(), now),
             Reaction::Chat(Outcome::Reply(frame)) => self.reply(key, frame.into()),
             Reaction::Chat(Outcome::Leave) => self.close(key, CloseCause::Leave, now),
             Reaction::Chat(Outcome::Keepalive) => {}
@@ -719,25 +747,40 @@ impl Engine {
 
     // ---- The room --------------------------------------------------------
 
-    fn join(&mut self, key: usize, user: Box<str>, presence: bool, catchup: &Catchup) {
+    fn join(&mut self, key: usize, user: Box<str>, presence: bool, catchup: &Catchup, now: u64) {
         if !matches!(
             self.conns.get(key).map(|c| &c.phase),
             Some(Phase::Open { .. })
         ) {
             return;
         }
-        // Before membership, so no live chat can come between the replay and `joined`.
-        if catchup.asked() {
-            self.catch_up(key, catchup);
+        // With Redis ordering the room, the history comes from its stream:
+        // the member waits outside the room, its live chats held, until the
+        // read answers (`finish_waiting`).
+        let waits = catchup.asked() && self.cluster.as_ref().is_some_and(|c| c.ordered);
+        if waits {
+            self.start_waiting(key, catchup, now);
+        } else if catchup.asked() {
+            // Before membership, so no live chat can come between the replay and `joined`.
+            let (chats, complete) = self.local_history(catchup);
+            self.replay(
+                key,
+                &chats,
+                complete,
+                self.history.last(),
+                catchup.since.is_some(),
+            );
         }
+        let index = if waits { 0 } else { self.room.join(key) };
+        let online = self.online();
         let Some(chat) = self.conns.get_mut(key).and_then(Connection::chat_mut) else {
             return;
         };
-        let index = self.room.join(key);
-        let watching = presence.then(|| (self.watchers.join(key), self.room.len()));
+        let watching = presence.then(|| (self.watchers.join(key), online));
         chat.member = Some(Member {
             user,
             index,
+            waiting: waits,
             watching,
         });
         self.stats.joins += 1;
@@ -745,38 +788,61 @@ impl Engine {
         if presence {
             // The newcomer learns the count at once; the others at the next presence tick.
             self.stats.presence_sent += 1;
-            self.queue(key, protocol::presence_frame(self.room.len()).into());
+            self.queue(key, protocol::presence_frame(online).into());
         }
     }
 
-    /// Sends a joining connection the chats its join asked for, oldest first,
-    /// then `joined` with the epoch, the newest id and whether that is all
-    /// it asked for. The frames are the history's own (reference counts, no
-    /// copy), charged to the connection's queue like any other; a replay
-    /// takes at most half of `--max-backlog`, newest first, so it cannot
-    /// make the joiner a slow consumer by itself (what does not fit is a
-    /// gap, and the recovery is incomplete).
-    fn catch_up(&mut self, key: usize, catchup: &Catchup) {
+    /// Members: those in the room and those waiting for their history.
+    fn online(&self) -> usize {
+        self.room.len() + self.waiting.len()
+    }
+
+    /// The chats a join asked for, from this instance's ring, oldest first,
+    /// and whether that is all it asked for.
+    fn local_history(&self, catchup: &Catchup) -> (Vec<Rc<[u8]>>, bool) {
         let most = self.config.history as u64;
-        let recent = |want: Option<u64>| want.map_or(most, |k| k.min(most)) as usize;
-        let (chats, mut complete) = match &catchup.since {
+        let asked = catchup.history.map_or(most, |k| k.min(most));
+        // No replay holds more (each chat costs at least `FRAME_COST` of
+        // half the backlog): a long ring is not walked for chats never sent.
+        let limit = self.config.max_backlog / 2 / FRAME_COST;
+        let recent = || self.history.recent((asked as usize).min(limit));
+        let (chats, complete) = match &catchup.since {
             Some((seen, epoch)) if **epoch == *self.epoch && *seen <= self.history.last() => {
-                match self.history.since(*seen) {
+                match self.history.since(*seen, limit) {
                     Since::All(chats) => (chats, true),
                     Since::Gap(chats) => (chats, false),
                 }
             }
-            // Another epoch (the server restarted) or an id never given here:
-            // what is kept is all there is to offer.
-            Some(_) => (self.history.recent(recent(catchup.history)), false),
+            // An id this epoch never gave: nothing is after it.
+            Some((_, epoch)) if **epoch == *self.epoch => (Vec::new(), false),
+            // Another epoch (the server restarted): what is kept is all there is to offer.
+            Some(_) => (recent(), false),
             None => {
-                let chats = self.history.recent(recent(catchup.history));
-                // Complete if nothing asked for is gone (a young room has fewer).
-                let asked = catchup.history.unwrap_or(most);
+                let chats = recent();
+                // Complete if nothing asked for (up to `--history`) is gone;
+                // a young room has fewer.
                 let complete = chats.len() as u64 >= asked.min(self.history.last());
                 (chats, complete)
             }
         };
+        (chats.into_iter().cloned().collect(), complete)
+    }
+
+    /// Sends a joining connection the chats its join asked for, oldest first,
+    /// then `joined` with the epoch, `last` (the newest id) and whether that
+    /// is all it asked for. The frames are shared (reference counts, no
+    /// copy), charged to the connection's queue like any other; a replay
+    /// takes at most half of `--max-backlog`, newest first, so it cannot
+    /// make the joiner a slow consumer by itself (what does not fit is a
+    /// gap, and the recovery is incomplete).
+    fn replay(
+        &mut self,
+        key: usize,
+        chats: &[Rc<[u8]>],
+        mut complete: bool,
+        last: u64,
+        recovery: bool,
+    ) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -796,19 +862,21 @@ impl Engine {
         }
         self.stats.history_joins += 1;
         self.stats.history_chats_sent += fit as u64;
-        if catchup.since.is_some() {
+        if recovery {
             *match complete {
                 true => &mut self.stats.recoveries_complete,
                 false => &mut self.stats.recoveries_incomplete,
             } += 1;
         }
-        let joined = protocol::joined_frame(&self.epoch, self.history.last(), complete);
+        let joined = protocol::joined_frame(&self.epoch, last, complete);
         self.queue(key, joined.into());
     }
 
     /// Takes a member out of the room and the watchers; only `transition` calls it.
     fn leave_room(&mut self, member: &Member, key: usize) {
-        if let Some(moved) = self.room.leave(key, member.index)
+        if member.waiting {
+            self.waiting.remove(&key);
+        } else if let Some(moved) = self.room.leave(key, member.index)
             && let Some(m) = self.member_mut(moved)
         {
             m.index = member.index;
@@ -846,7 +914,7 @@ impl Engine {
         }
         self.presence_pending = false;
         self.presence_sent_at = now;
-        let count = self.room.len();
+        let count = self.online();
         let mut frame: Option<Rc<[u8]>> = None;
         for i in 0..self.watchers.len() {
             let key = self.watchers.members()[i];
@@ -869,10 +937,11 @@ impl Engine {
     /// allocation, copy or JSON work. Nothing is written here: the driver
     /// flushes each recipient once at the end of the turn, however many
     /// chats it got, in one `writev`.
-    fn relay(&mut self, sender: Option<usize>, frame: Rc<[u8]>, now: u64) {
+    /// `id` is the one written in `frame`.
+    fn relay(&mut self, sender: Option<usize>, id: u64, frame: Rc<[u8]>, now: u64) {
         self.stats.chats_relayed += 1;
         // Kept for joins that ask for it: the same frame, one more reference.
-        self.history.push(Rc::clone(&frame));
+        self.history.record(id, Rc::clone(&frame));
         let limit = self.config.max_backlog;
         let mut delivered = 0;
         for &key in self.room.members() {
@@ -894,6 +963,10 @@ impl Engine {
             delivered += 1;
         }
         self.stats.deliveries += delivered;
+        // Joins waiting for their history from Redis get it after the replay.
+        if !self.waiting.is_empty() {
+            self.hold(sender, id, &frame);
+        }
         while let Some(key) = self.slow.pop() {
             self.close(key, CloseCause::SlowConsumer, now);
         }
@@ -1108,6 +1181,10 @@ impl Engine {
     /// Pings a connection we have not heard from in `--ping-interval`; closes
     /// one silent for `--pong-timeout`. Also frees an idle connection's queue.
     fn keepalive(&mut self, key: usize, now: u64) {
+        // The same timer serves a join waiting too long for Redis.
+        if self.waiting.get(&key).is_some_and(|w| now >= w.deadline) {
+            self.finish_waiting(key, true);
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -1123,7 +1200,8 @@ impl Engine {
         } else {
             last_heard + self.config.ping_interval_ms
         };
-        self.set_timer(key, next);
+        let waiting_until = self.waiting.get(&key).map_or(u64::MAX, |w| w.deadline);
+        self.set_timer(key, next.min(waiting_until));
     }
 }
 

@@ -57,14 +57,21 @@ pub struct Counters {
     /// Times reading from a client stopped because our answers to it piled up.
     pub read_pauses: u64,
     pub accept_pauses: u64,
-    /// Messages from the Redis channel that were not a valid chat, dropped.
+    /// Chats from Redis (the channel, the stream) that were not valid, dropped.
     pub backplane_rejected: u64,
+    /// Chats from Redis with an id already relayed here, dropped.
+    pub backplane_duplicates: u64,
     /// Joins that asked for `history` or `since`, and the chats sent them.
     pub history_joins: u64,
     pub history_chats_sent: u64,
     /// Joins with `since` that got every chat they missed, or not.
     pub recoveries_complete: u64,
     pub recoveries_incomplete: u64,
+    /// With Redis ordering the room: joins answered from its stream, and
+    /// those answered from this instance's ring instead (the read failed,
+    /// took over 3 s, or the order changed meanwhile).
+    pub history_reads: u64,
+    pub history_fallbacks: u64,
 }
 
 /// The Redis backplane's link state and counters (with `--redis`).
@@ -77,21 +84,38 @@ pub struct BackplaneStats {
     /// The subscription chats come in on: "up" or "down".
     pub subscriber: &'static str,
     pub instance_id: String,
+    /// Chats published (appended to the stream and the channel).
     pub published: u64,
-    /// Queued for the loop (the engine may still reject them: `backplane_rejected`).
+    /// Chats read from the stream and handed to the loop (the engine may
+    /// still reject them: `backplane_rejected`).
     pub received: u64,
-    /// Dropped on the way out: queue full, or Redis down.
+    /// Dropped on the way out: the queue to the publisher was full.
     pub lost_outgoing: u64,
-    /// Dropped on the way in: the loop's queue full.
-    pub lost_incoming: u64,
-    /// Channel messages without an instance id in front.
+    /// Could not be published (Redis down, even after one retry on a fresh
+    /// connection): relayed here only.
+    pub unpublished: u64,
+    /// Channel messages or stream entries not in this server's format.
     pub malformed: u64,
-    /// Channel messages larger than any chat this server would accept.
+    /// Larger than any chat this server would accept.
     pub oversized: u64,
-    /// Subscriptions that failed after being up (Redis gone, or it cut us
-    /// off, as it does past its pub/sub output buffer limit): chats published
-    /// until the next one never arrive here.
+    /// Channel messages whose id or epoch the stream and Redis do not back.
+    pub forged: u64,
+    /// Ids gone from the stream before they could be read (away too long).
+    pub trimmed: u64,
+    /// Subscriptions that failed after being up (Redis gone, or it cut us off).
     pub subscriptions_lost: u64,
+    /// History reads for joins, and those that failed.
+    pub history_reads: u64,
+    pub history_read_failures: u64,
+}
+
+/// The figures of the moment that `/stats` shows beside the counters.
+pub struct Live<'a> {
+    pub connections: usize,
+    pub joined: usize,
+    pub uptime_seconds: f64,
+    pub epoch: &'a str,
+    pub order: Option<&'static str>,
 }
 
 /// What `/stats` returns: live figures plus every counter.
@@ -101,6 +125,11 @@ struct Snapshot<'a> {
     joined: usize,
     uptime_seconds: f64,
     ignored_total: u64,
+    /// The epoch the room's ids belong to now.
+    epoch: &'a str,
+    /// With `--redis`: who orders the room now, "redis" or "local".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     backplane: Option<BackplaneStats>,
     #[serde(flatten)]
@@ -145,18 +174,14 @@ impl Counters {
     }
 
     /// The `/stats` body.
-    pub fn to_json(
-        &self,
-        active_connections: usize,
-        joined: usize,
-        uptime_seconds: f64,
-        backplane: Option<BackplaneStats>,
-    ) -> Vec<u8> {
+    pub fn to_json(&self, live: Live<'_>, backplane: Option<BackplaneStats>) -> Vec<u8> {
         let snapshot = Snapshot {
-            active_connections,
-            joined,
-            uptime_seconds,
+            active_connections: live.connections,
+            joined: live.joined,
+            uptime_seconds: live.uptime_seconds,
             ignored_total: self.ignored_total(),
+            epoch: live.epoch,
+            order: live.order,
             backplane,
             counters: self,
         };
@@ -246,8 +271,17 @@ mod tests {
         let mut c = Counters::default();
         c.ignored(Ignored::Malformed);
         c.closed_invalid_utf8 += 1;
-        let v: serde_json::Value = serde_json::from_slice(&c.to_json(3, 2, 1.5, None)).unwrap();
+        let live = Live {
+            connections: 3,
+            joined: 2,
+            uptime_seconds: 1.5,
+            epoch: "e",
+            order: None,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&c.to_json(live, None)).unwrap();
         assert_eq!(v["active_connections"], 3);
+        assert_eq!(v["epoch"], "e");
+        assert!(v.get("order").is_none());
         assert_eq!(v["joined"], 2);
         assert_eq!(v["ignored_malformed"], 1);
         assert_eq!(v["ignored_total"], 1);

@@ -5,7 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::cluster::{FromCluster, Origin, Stream};
 use super::*;
+
+/// The instance id the engine under test has in its cluster.
+const INSTANCE: u64 = 0x1234;
 use crate::websocket::frame::client_frame;
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -25,23 +29,30 @@ struct Driver {
     closed: Vec<usize>,
     resumed: Vec<usize>,
     listening: bool,
-    published: usize,
+    /// Chats published: the JSON after the frame header, and the origin.
+    published: Vec<(Vec<u8>, Origin)>,
+    /// History reads asked for, not answered yet.
+    reads: Vec<(usize, u32, Read)>,
 }
 
 impl Driver {
     fn new(args: &[&str]) -> Self {
         let config = Config::from_args(std::iter::once("test").chain(args.iter().copied()))
             .expect("valid flags");
+        // An instance whose Redis publisher is up and subscription is not:
+        // it orders its own chats, and publishes each.
+        let mut engine = Engine::new(
+            config,
+            Options {
+                max_conns: 100,
+                instance: Some(INSTANCE),
+                epoch: "test-epoch".into(),
+            },
+            0,
+        );
+        engine.handle_cluster(FromCluster::Publisher { up: true }, 0);
         Self {
-            engine: Engine::new(
-                config,
-                Options {
-                    max_conns: 100,
-                    publish: true,
-                    epoch: "test-epoch".into(),
-                },
-                0,
-            ),
+            engine,
             now: 0,
             written: BTreeMap::new(),
             blocked: Vec::new(),
@@ -49,7 +60,8 @@ impl Driver {
             closed: Vec::new(),
             resumed: Vec::new(),
             listening: true,
-            published: 0,
+            published: Vec::new(),
+            reads: Vec::new(),
         }
     }
 
@@ -77,7 +89,14 @@ impl Driver {
                 Action::ShutdownWrite(key) => self.shut.push(key),
                 Action::Close(key) => self.closed.push(key),
                 Action::StopListening => self.listening = false,
-                Action::Publish(_) => self.published += 1,
+                Action::Publish { frame, origin } => {
+                    let (_, len) = frame::parse_header(&frame, Role::Client)
+                        .ok()
+                        .flatten()
+                        .expect("a published frame");
+                    self.published.push((frame[len..].to_vec(), origin));
+                }
+                Action::ReadHistory { key, conn, read } => self.reads.push((key, conn, read)),
                 Action::ResumeReading(key) => self.resumed.push(key),
                 Action::ResumeAccepting => {}
             }
@@ -170,7 +189,7 @@ fn a_chat_reaches_every_other_member_stamped_once() {
         (d.engine.stats().chats_relayed, d.engine.stats().deliveries),
         (1, 2)
     );
-    assert_eq!(d.published, 1);
+    assert_eq!(d.published.len(), 1);
 }
 
 #[test]
@@ -420,4 +439,242 @@ fn stale_timer_entries_do_not_pile_up_with_long_timeouts() {
         "{}",
         d.engine.timers.len()
     );
+}
+
+// ---- With Redis ordering the room ------------------------------------
+
+impl Driver {
+    /// Redis orders the room: the subscription is up at `last` in `epoch`.
+    fn redis_up(&mut self, epoch: &str, last: u64) {
+        let up = FromCluster::Up {
+            epoch: epoch.into(),
+            last,
+        };
+        self.engine.handle_cluster(up, self.now);
+        self.turn();
+    }
+
+    /// The stream's answer to `key`'s read: Redis at `last` in epoch "E",
+    /// with chats `ids` (from another instance).
+    fn answer_read(
+        &mut self,
+        key: usize,
+        conn: u32,
+        last: u64,
+        ids: std::ops::RangeInclusive<u64>,
+    ) {
+        let chat = |id: u64| {
+            let json = format!(r#"{{"type":"chat","room":"public","user":"x","text":"{id}"}}"#);
+            (id, json.into_bytes())
+        };
+        let stream = Stream {
+            epoch: "E".into(),
+            last,
+            chats: ids.map(chat).collect(),
+        };
+        let answer = FromCluster::History {
+            key,
+            conn,
+            stream: Some(stream),
+        };
+        self.engine.handle_cluster(answer, self.now);
+        self.turn();
+    }
+
+    /// Chat `id` arrives from Redis, from `origin`.
+    fn deliver_from_redis(&mut self, id: u64, origin: Origin, user: &str, text: &str) {
+        let json = format!(r#"{{"type":"chat","room":"public","user":"{user}","text":"{text}"}}"#);
+        let chat = FromCluster::Chat {
+            id,
+            origin,
+            json: json.into_bytes(),
+        };
+        self.engine.handle_cluster(chat, self.now);
+        self.turn();
+    }
+}
+
+/// Another instance's connection.
+const ELSEWHERE: Origin = Origin {
+    instance: 0x9999,
+    key: 1,
+    conn: 1,
+    seq: 1,
+    relayed_here: false,
+};
+
+fn ids_and_types(got: &[serde_json::Value]) -> Vec<String> {
+    got.iter()
+        .map(|m| match m["type"].as_str() {
+            Some("chat") => format!("chat {}", m["id"]),
+            Some("joined") => format!("joined {} {}", m["last"], m["recovered"]),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn with_redis_ordering_a_chat_is_relayed_when_it_comes_back() {
+    let mut d = Driver::new(&[]);
+    d.redis_up("E", 40);
+    let (a, b) = (d.joined("a"), d.joined("b"));
+    d.text(a, r#"{"type":"chat","text":"hi"}"#);
+    // Published, not relayed: Redis gives it its place.
+    assert!(d.texts(b).is_empty());
+    let (json, origin) = d.published.pop().expect("published");
+    assert!(!origin.relayed_here);
+    let back = FromCluster::Chat {
+        id: 41,
+        origin,
+        json,
+    };
+    d.engine.handle_cluster(back, d.now);
+    d.turn();
+    assert_eq!(
+        d.texts(b),
+        [serde_json::json!({"type":"chat","room":"public","id":41,"user":"a","text":"hi"})]
+    );
+    // Not back to its sender; a repeat of an id is dropped.
+    assert!(d.texts(a).is_empty());
+    d.deliver_from_redis(41, ELSEWHERE, "x", "again");
+    assert!(d.texts(b).is_empty());
+    assert_eq!(d.engine.stats().backplane_duplicates, 1);
+}
+
+#[test]
+fn a_join_waits_for_the_stream_and_gets_each_chat_once() {
+    let mut d = Driver::new(&[]);
+    d.redis_up("E", 10);
+    let watcher = d.joined("w");
+    let key = d.open();
+    d.text(
+        key,
+        r#"{"type":"join","user":"back","since":7,"epoch":"E"}"#,
+    );
+    let (read_key, conn, read) = d.reads.pop().expect("a history read");
+    assert_eq!((read_key, read), (key, Read::Since(7)));
+    // While the read is out, live chats are held for the joiner.
+    d.deliver_from_redis(11, ELSEWHERE, "x", "eleven");
+    d.deliver_from_redis(12, ELSEWHERE, "x", "twelve");
+    assert_eq!(d.texts(watcher).len(), 2);
+    assert!(d.texts(key).is_empty());
+    // The read saw up to 11: 8..=11 replayed, `joined`, then 12 only once.
+    d.answer_read(key, conn, 11, 8..=11);
+    assert_eq!(
+        ids_and_types(&d.texts(key)),
+        [
+            "chat 8",
+            "chat 9",
+            "chat 10",
+            "chat 11",
+            "joined 11 true",
+            "chat 12"
+        ]
+    );
+    // A member now: the next chat comes live.
+    d.deliver_from_redis(13, ELSEWHERE, "x", "thirteen");
+    assert_eq!(ids_and_types(&d.texts(key)), ["chat 13"]);
+    assert_eq!(d.engine.stats().recoveries_complete, 1);
+}
+
+#[test]
+fn a_read_ahead_of_the_subscription_waits_for_it() {
+    let mut d = Driver::new(&[]);
+    d.redis_up("E", 10);
+    let key = d.open();
+    d.text(
+        key,
+        r#"{"type":"join","user":"back","since":9,"epoch":"E"}"#,
+    );
+    let (_, conn, _) = d.reads.pop().expect("a history read");
+    // Redis has 11 and 12, but this instance's subscription has not relayed them yet.
+    d.answer_read(key, conn, 12, 10..=12);
+    assert!(d.texts(key).is_empty());
+    d.deliver_from_redis(11, ELSEWHERE, "x", "eleven");
+    assert!(d.texts(key).is_empty());
+    d.deliver_from_redis(12, ELSEWHERE, "x", "twelve");
+    d.deliver_from_redis(13, ELSEWHERE, "x", "thirteen");
+    assert_eq!(
+        ids_and_types(&d.texts(key)),
+        ["chat 10", "chat 11", "chat 12", "joined 12 true", "chat 13"]
+    );
+}
+
+#[test]
+fn a_read_that_never_answers_is_answered_from_the_ring_as_incomplete() {
+    let mut d = Driver::new(&[]);
+    d.redis_up("E", 0);
+    let _a = d.joined("a");
+    d.deliver_from_redis(1, ELSEWHERE, "x", "one");
+    d.deliver_from_redis(2, ELSEWHERE, "x", "two");
+    let key = d.open();
+    d.text(
+        key,
+        r#"{"type":"join","user":"late","since":1,"epoch":"E"}"#,
+    );
+    assert_eq!(d.reads.len(), 1);
+    d.deliver_from_redis(3, ELSEWHERE, "x", "three");
+    assert!(d.texts(key).is_empty());
+    d.advance(3_100);
+    assert_eq!(
+        ids_and_types(&d.texts(key)),
+        ["chat 2", "chat 3", "joined 3 false"]
+    );
+    // The answer that comes too late changes nothing.
+    let (_, conn, _) = d.reads.pop().expect("read");
+    let late = FromCluster::History {
+        key,
+        conn,
+        stream: None,
+    };
+    d.engine.handle_cluster(late, d.now);
+    d.turn();
+    assert!(d.texts(key).is_empty());
+    assert_eq!(d.engine.stats().history_fallbacks, 1);
+}
+
+#[test]
+fn without_redis_the_instance_orders_its_own_chats_under_its_own_epoch() {
+    let mut d = Driver::new(&[]);
+    d.redis_up("E", 5);
+    let (a, b) = (d.joined("a"), d.joined("b"));
+    d.engine.handle_cluster(FromCluster::Down, d.now);
+    d.turn();
+    // Relayed at once with the next id here, and still published (marked so).
+    d.text(a, r#"{"type":"chat","text":"alone"}"#);
+    assert_eq!(ids_and_types(&d.texts(b)), ["chat 6"]);
+    let (json, origin) = d.published.pop().expect("published");
+    assert!(origin.relayed_here);
+    // When it comes back through Redis it is not relayed here again.
+    let back = FromCluster::Chat {
+        id: 6,
+        origin,
+        json,
+    };
+    d.engine.handle_cluster(back, d.now);
+    d.turn();
+    assert!(d.texts(b).is_empty());
+    // A join asks the ring, not Redis; the epoch is this instance's own.
+    let key = d.open();
+    d.text(key, r#"{"type":"join","user":"c","history":5}"#);
+    assert!(d.reads.is_empty());
+    let got = d.texts(key);
+    assert_ne!(got.last().expect("joined")["epoch"], "E");
+    // A chat the publisher could not send is relayed here, not to its sender.
+    d.engine
+        .handle_cluster(FromCluster::Publisher { up: false }, d.now);
+    let unpublished = FromCluster::Unpublished {
+        origin: Origin {
+            instance: INSTANCE,
+            key: b as u32,
+            conn: 1,
+            seq: 1,
+            relayed_here: false,
+        },
+        json: br#"{"type":"chat","room":"public","user":"b","text":"late"}"#.to_vec(),
+        maybe_published: false,
+    };
+    d.engine.handle_cluster(unpublished, d.now);
+    d.turn();
+    assert_eq!(ids_and_types(&d.texts(a)), ["chat 7"]);
 }

@@ -5,6 +5,7 @@
 use mio::Waker;
 
 use crate::engine::BackplaneProbe;
+use crate::engine::cluster::{FromCluster, Origin, Read};
 
 /// Never constructed in this build.
 pub enum Backplane {}
@@ -15,6 +16,8 @@ pub struct Target<'a> {
     pub channel: &'a str,
     pub ca: Option<&'a [u8]>,
     pub max_message: usize,
+    pub history: usize,
+    pub read_budget: usize,
 }
 
 impl Backplane {
@@ -26,11 +29,19 @@ impl Backplane {
         )
     }
 
-    pub fn publish(&self, _chat_frame: &[u8]) {
+    pub fn instance(&self) -> u64 {
         match *self {}
     }
 
-    pub fn drain(&self, _relay: impl FnMut(&[u8])) {
+    pub fn publish(&self, _chat_frame: &[u8], _origin: Origin) {
+        match *self {}
+    }
+
+    pub fn read_history(&self, _key: usize, _conn: u32, _read: Read) -> bool {
+        match *self {}
+    }
+
+    pub fn drain(&self, _handle: impl FnMut(FromCluster)) {
         match *self {}
     }
 

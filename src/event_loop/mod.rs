@@ -21,6 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::Config;
+use crate::engine::cluster::FromCluster;
 use crate::engine::{Action, Engine, Options, READ_BUF};
 use backplane::{Backplane, Target};
 
@@ -100,6 +101,8 @@ impl Server {
                     channel: &config.redis_channel,
                     ca: ca.as_deref(),
                     max_message: config.max_message_size,
+                    history: config.history,
+                    read_budget: config.max_backlog / 2,
                 };
                 let started = Backplane::start(&target, waker);
                 Some(started.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
@@ -112,7 +115,7 @@ impl Server {
         let max_conns = config.max_conns.unwrap_or(default_max);
         let options = Options {
             max_conns,
-            publish: backplane.is_some(),
+            instance: backplane.as_ref().map(Backplane::instance),
             epoch: random_epoch(),
         };
         let mut engine = Engine::new(config, options, 0);
@@ -221,9 +224,24 @@ impl Server {
                     }
                 }
                 Action::ResumeAccepting => self.accept(now),
-                Action::Publish(frame) => {
+                Action::Publish { frame, origin } => {
                     if let Some(backplane) = &self.backplane {
-                        backplane.publish(&frame);
+                        backplane.publish(&frame, origin);
+                    }
+                }
+                Action::ReadHistory { key, conn, read } => {
+                    let asked = self
+                        .backplane
+                        .as_ref()
+                        .is_some_and(|b| b.read_history(key, conn, read));
+                    if !asked {
+                        // The reader is swamped: answered from the ring at once.
+                        let failed = FromCluster::History {
+                            key,
+                            conn,
+                            stream: None,
+                        };
+                        self.engine.handle_cluster(failed, now);
                     }
                 }
             }
@@ -341,11 +359,12 @@ impl Server {
         self.engine.handle_flushed(key);
     }
 
-    /// Relays the chats other instances published: each becomes a frame once,
-    /// then takes the same hot path as a local chat.
+    /// Hands the engine what the backplane's threads sent: chats in Redis's
+    /// order (each becomes a frame once, then takes the same hot path as a
+    /// local chat), history reads, the link's state.
     fn relay_remote(&mut self, now: u64) {
         if let Some(backplane) = &self.backplane {
-            backplane.drain(|chat| self.engine.handle_remote_chat(chat, now));
+            backplane.drain(|message| self.engine.handle_cluster(message, now));
         }
     }
 }

@@ -216,6 +216,9 @@ try {
   await say(carol, 'missed 1');
   await say(carol, 'missed 2');
   await say(alice, 'typed while away');
+  // More than the server's burst of 10: the page paces them, none is dropped.
+  const burst = Array.from({ length: 13 }, (_, i) => `away ${i}`);
+  for (const text of burst) await say(alice, text);
   proxy.heal();
   await alice.waitForSelector('#state.online', { timeout: 3 * WAIT });
   await expectMessage(alice, 'carol', 'missed 1');
@@ -228,8 +231,15 @@ try {
     if ((await count(alice, text)) !== 1) throw new Error(`alice shows "${text}" ${await count(alice, text)} times`);
   }
   if ((await count(carol, 'typed while away')) !== 1) throw new Error('what alice typed away came twice');
+  for (const text of burst) {
+    await expectMessage(carol, 'alice', text);
+    if ((await count(carol, text)) !== 1) throw new Error(`carol shows "${text}" ${await count(carol, text)} times`);
+  }
+  const shown = await carol.evaluate(() => [...document.querySelectorAll('#log li .text')].map((t) => t.textContent));
+  const places = burst.map((text) => shown.indexOf(text));
+  if (places.some((at, i) => i > 0 && at < places[i - 1])) throw new Error(`out of order: ${JSON.stringify(places)}`);
   if (await alice.isVisible('#log .gap')) throw new Error('a gap mark after a full recovery');
-  console.log('ok: after a dropped connection the page shows what it missed, once, and sends what was typed meanwhile');
+  console.log('ok: after a dropped connection the page shows what it missed, once, and sends what was typed meanwhile (13, more than the burst the server allows, in order)');
 
   mkdirSync(artifacts, { recursive: true });
   await bob.screenshot({ path: `${artifacts}/chat.png` });

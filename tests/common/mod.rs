@@ -635,3 +635,22 @@ impl Chatter {
         report
     }
 }
+
+/// Joins with `fields` added to the join; returns the chats replayed and the `joined` answer.
+pub fn join_with(server: &ServerProcess, name: &str, fields: Value) -> (Client, Vec<Value>, Value) {
+    let mut client = Client::connect(server);
+    let mut join = json!({"type": "join", "user": name});
+    join.as_object_mut()
+        .unwrap()
+        .extend(fields.as_object().unwrap().clone());
+    client.send(join);
+    let mut replayed = Vec::new();
+    loop {
+        let message = client.recv();
+        if message["type"] == "joined" {
+            return (client, replayed, message);
+        }
+        assert_eq!(message["type"], "chat", "{message}");
+        replayed.push(message);
+    }
+}

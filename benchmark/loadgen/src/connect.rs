@@ -2,7 +2,10 @@
 //! handshakes/s and their latency, then the server's memory per connection.
 //! With `--fill`, chats are sent first (the server's history ring fills;
 //! its memory is reported); with `--history K`, each join asks for the last
-//! K chats, so the CPU per handshake includes sending them.
+//! K chats, and with `--since-back K` each recovers the K newest chats (a
+//! `since` K behind the room's newest id, with its epoch), so the CPU per
+//! handshake includes sending them; the join's latency (join sent to
+//! `joined` received) is reported too.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// `history` in each join.
     pub history: Option<u64>,
+    /// Each join has `since` this far behind the room's newest id.
+    pub since_back: Option<u64>,
     /// Chats sent before the connections open, and their size in bytes.
     pub fill: usize,
     pub fill_size: usize,
@@ -25,7 +30,11 @@ pub struct Settings {
 const PER_FILLER: usize = 10;
 
 struct Connect {
-    history: Option<u64>,
+    /// What each join asks for besides its name.
+    asks: serde_json::Map<String, serde_json::Value>,
+    /// When each connection sent its join, by key.
+    join_sent: std::collections::HashMap<usize, Instant>,
+    join: Histogram,
     first_failure: Option<&'static str>,
     opened: usize,
     joined: usize,
@@ -37,18 +46,30 @@ impl Handler for Connect {
     fn opened(&mut self, fleet: &mut Fleet, key: usize, took: Duration) {
         self.opened += 1;
         self.handshake.record(took.as_micros() as u64);
-        let mut join = serde_json::json!({"type": "join", "user": format!("idle{key}")});
-        if let Some(k) = self.history {
-            join["history"] = k.into();
+        let mut join = self.asks.clone();
+        join.insert("type".into(), "join".into());
+        join.insert("user".into(), format!("idle{key}").into());
+        fleet.send_text(key, serde_json::Value::Object(join).to_string().as_bytes());
+        if self.asks.is_empty() {
+            // The pong says the join was processed.
+            fleet.send_text(key, br#"{"type":"ping","ts":0}"#);
+        } else {
+            // `joined` will say it (with Redis the history comes from there).
+            self.join_sent.insert(key, Instant::now());
         }
-        fleet.send_text(key, join.to_string().as_bytes());
-        // The pong says the join (and any history before it) was processed.
-        fleet.send_text(key, br#"{"type":"ping","ts":0}"#);
     }
 
-    fn text(&mut self, _fleet: &mut Fleet, _key: usize, payload: &[u8]) {
-        if let Incoming::Pong = classify(payload) {
+    fn text(&mut self, _fleet: &mut Fleet, key: usize, payload: &[u8]) {
+        let done = match classify(payload) {
+            Incoming::Pong => true,
+            Incoming::Other => payload.starts_with(br#"{"type":"joined""#),
+            Incoming::Chat(_) => false,
+        };
+        if done {
             self.joined += 1;
+            if let Some(sent) = self.join_sent.remove(&key) {
+                self.join.record(sent.elapsed().as_micros() as u64);
+            }
         }
     }
 
@@ -66,14 +87,17 @@ pub fn run(
     server: &ServerWatch,
 ) -> std::io::Result<Report> {
     let fill_rss = fill(fleet, settings, server)?;
-    let mut state = Connect {
-        history: settings.history,
-        first_failure: None,
-        opened: 0,
-        joined: 0,
-        failed: 0,
-        handshake: Histogram::new(),
-    };
+    let mut state = Connect::new();
+    if let Some(k) = settings.history {
+        state.asks.insert("history".into(), k.into());
+    }
+    if let Some(back) = settings.since_back {
+        let (epoch, last) = room_position(fleet)?;
+        state
+            .asks
+            .insert("since".into(), last.saturating_sub(back).into());
+        state.asks.insert("epoch".into(), epoch.into());
+    }
     let window = Window::open(server);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(120);
@@ -81,9 +105,17 @@ pub fn run(
     while (state.joined as u64 + state.failed) < settings.connections as u64
         && Instant::now() < deadline
     {
-        // Keep `concurrency` handshakes in flight.
+        // Keep `concurrency` handshakes in flight (joins too, when they ask
+        // for history: one at a time then measures one join's latency).
+        let done = |s: &Connect| {
+            if s.asks.is_empty() {
+                s.opened
+            } else {
+                s.joined
+            }
+        };
         while started_connects < settings.connections
-            && started_connects - state.opened - (state.failed as usize) < settings.concurrency
+            && started_connects - done(&state) - (state.failed as usize) < settings.concurrency
         {
             if fleet.connect().is_err() {
                 state.failed += 1;
@@ -127,6 +159,11 @@ pub fn run(
         state.handshake.percentile(99.0) as f64 / 1000.0,
     );
 
+    if state.join.count() > 0 {
+        report.set("join_p50_ms", state.join.percentile(50.0) as f64 / 1000.0);
+        report.set("join_p99_ms", state.join.percentile(99.0) as f64 / 1000.0);
+    }
+
     if let (Some(before), Some(after)) = (window.server_sample(), server_after)
         && state.joined > 0
     {
@@ -138,6 +175,53 @@ pub fn run(
         );
     }
     Ok(report)
+}
+
+impl Connect {
+    fn new() -> Self {
+        Self {
+            asks: serde_json::Map::new(),
+            join_sent: Default::default(),
+            join: Histogram::new(),
+            first_failure: None,
+            opened: 0,
+            joined: 0,
+            failed: 0,
+            handshake: Histogram::new(),
+        }
+    }
+}
+
+/// The room's epoch and newest id, from a probe's join with `history: 0`.
+fn room_position(fleet: &mut Fleet) -> std::io::Result<(String, u64)> {
+    struct Probe(Option<(String, u64)>);
+    impl Handler for Probe {
+        fn opened(&mut self, fleet: &mut Fleet, key: usize, _took: Duration) {
+            fleet.send_text(key, br#"{"type":"join","user":"probe","history":0}"#);
+        }
+        fn text(&mut self, _fleet: &mut Fleet, _key: usize, payload: &[u8]) {
+            #[derive(serde::Deserialize)]
+            struct Joined {
+                epoch: String,
+                last: u64,
+            }
+            if payload.starts_with(br#"{"type":"joined""#)
+                && let Ok(j) = serde_json::from_slice::<Joined>(payload)
+            {
+                self.0 = Some((j.epoch, j.last));
+            }
+        }
+        fn closed(&mut self, _fleet: &mut Fleet, _key: usize, _ending: Ending) {}
+    }
+    let mut probe = Probe(None);
+    fleet.connect()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.0.is_none() && Instant::now() < deadline {
+        fleet.turn(Some(Duration::from_millis(20)), &mut probe)?;
+    }
+    probe
+        .0
+        .ok_or_else(|| std::io::Error::other("no `joined` answered the probe's join"))
 }
 
 /// Fillers that join and send `settings.fill` chats; the server's memory
@@ -152,14 +236,7 @@ fn fill(
         return Ok(None);
     }
     let fillers = settings.fill.div_ceil(PER_FILLER);
-    let mut state = Connect {
-        history: None,
-        first_failure: None,
-        opened: 0,
-        joined: 0,
-        failed: 0,
-        handshake: Histogram::new(),
-    };
+    let mut state = Connect::new();
     let mut keys = Vec::new();
     for _ in 0..fillers {
         keys.push(fleet.connect()?);

@@ -22,7 +22,11 @@ use histogram::Histogram;
 use procstat::Sample;
 
 #[derive(Parser)]
-#[command(name = "loadgen", about = "Load generator for websocket-public-chat")]
+#[command(
+    name = "loadgen",
+    about = "Load generator for websocket-public-chat",
+    override_usage = "loadgen [--url URL]... [OPTIONS] <MODE> [MODE OPTIONS]"
+)]
 struct Cli {
     /// Server WebSocket URL (loopback only). Repeat it for several instances
     /// sharing one room: connections go to each in turn.
@@ -44,19 +48,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Mode {
     /// N joined connections; S senders × R chats/s; deliveries/s, ratio, latency.
+    #[command(override_usage = "loadgen [--url URL]... fanout [OPTIONS]")]
     Fanout {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         senders: usize,
         /// Chats per second per sender.
-        #[arg(long, default_value_t = 9.0)]
+        #[arg(long, default_value_t = 9.0, value_parser = positive)]
         rate: f64,
         /// Seconds of sending.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = positive)]
         duration: f64,
     },
     /// Open N joined idle connections; handshakes/s, latency, server memory per connection.
+    #[command(override_usage = "loadgen [--url URL]... connect [OPTIONS]")]
     Connect {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
@@ -66,6 +72,9 @@ enum Mode {
         /// Each join asks for this many recent chats (`history`), sent before it is in.
         #[arg(long)]
         history: Option<u64>,
+        /// Each join recovers this many chats: `since` that far behind the room's newest id.
+        #[arg(long)]
+        since_back: Option<u64>,
         /// Chats sent before the connections open (10 per filler connection, under the rate limit).
         #[arg(long, default_value_t = 0)]
         fill: usize,
@@ -74,6 +83,7 @@ enum Mode {
         fill_size: usize,
     },
     /// A k6 scenario at full speed: steady, burst, churn, saturation, steady-soak, churn-soak.
+    #[command(override_usage = "loadgen [--url URL]... scenario <NAME> [OPTIONS]")]
     Scenario {
         name: String,
         /// Multiplies every duration (0.1: a tenth as long).
@@ -81,35 +91,38 @@ enum Mode {
         scale: f64,
     },
     /// P people drop and recover (join with since/epoch) at random while S
-    /// senders chat; reports chats lost or duplicated (must be 0).
+    /// senders chat; reports chats lost or duplicated (must be 0). With
+    /// several --url, the instances must share one order (--redis).
+    #[command(override_usage = "loadgen [--url URL]... reconnect [OPTIONS]")]
     Reconnect {
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         people: usize,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         senders: usize,
         /// Chats per second per sender (the server allows 10).
-        #[arg(long, default_value_t = 9.0)]
+        #[arg(long, default_value_t = 9.0, value_parser = positive)]
         rate: f64,
         /// Seconds of sending.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = positive)]
         duration: f64,
         /// Longest time away, in seconds (keep it inside the history window:
         /// senders × rate × away below --history).
-        #[arg(long, default_value_t = 0.5)]
+        #[arg(long, default_value_t = 0.5, value_parser = positive)]
         away: f64,
         /// Mean time connected between drops, in seconds.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = positive)]
         stay: f64,
         /// Seed of the drops (default: from the clock; printed).
         #[arg(long)]
         seed: Option<u64>,
     },
     /// L loops of connect → join → leave → close at full speed; cycles/s, errors, unclean closes.
+    #[command(override_usage = "loadgen [--url URL]... churn [OPTIONS]")]
     Churn {
         #[arg(long, default_value_t = 200)]
         loops: usize,
         /// Seconds.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = positive)]
         duration: f64,
     },
 }
@@ -165,6 +178,22 @@ pub fn join(fleet: &mut Fleet, key: usize, user: &str) {
 }
 
 /// Whether a server text message is a relayed chat (with its send time) or a pong.
+/// A count of at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number of at least 1".into()),
+    }
+}
+
+/// A finite number above 0 (a rate or a time in seconds).
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x < 1e6 => Ok(x),
+        _ => Err("must be a number above 0 (and below a million)".into()),
+    }
+}
+
 pub enum Incoming {
     Chat(Option<u64>),
     Pong,
@@ -416,6 +445,7 @@ fn main() -> ExitCode {
             connections,
             concurrency,
             history,
+            since_back,
             fill,
             fill_size,
         } => connect::run(
@@ -424,6 +454,7 @@ fn main() -> ExitCode {
                 connections,
                 concurrency,
                 history,
+                since_back,
                 fill,
                 fill_size,
             },

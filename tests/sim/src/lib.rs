@@ -30,12 +30,15 @@ use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::{Message, WebSocket};
 use websocket_public_chat::config::Config;
+use websocket_public_chat::engine::cluster::{FromCluster, Origin};
 use websocket_public_chat::engine::stats::Counters;
 use websocket_public_chat::engine::{Action, Engine, Options};
 use websocket_public_chat::websocket::frame::{self, OpCode, Role};
 
 /// The epoch the simulated room has.
 const EPOCH: &str = "sim-epoch";
+/// The instance id the simulated server has in its cluster.
+const INSTANCE: u64 = 0x5151;
 /// Events kept for a failure report.
 const HISTORY: usize = 60;
 /// A valid upgrade request, for the raw clients.
@@ -331,7 +334,7 @@ impl Default for Settings {
             "3",
             // A short history, so clients that come back often find a gap.
             "--history",
-            "40",
+            &HISTORY_KEPT.to_string(),
         ];
         Self {
             flags: flags.iter().map(|f| f.to_string()).collect(),
@@ -340,6 +343,10 @@ impl Default for Settings {
         }
     }
 }
+
+/// The server's `--history` in the simulation: short, so clients that come
+/// back often find a gap.
+const HISTORY_KEPT: u64 = 40;
 
 /// What a run did, for the test's summary.
 #[derive(Debug, Default, Clone)]
@@ -361,16 +368,21 @@ pub struct Report {
 pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, String> {
     let args = std::iter::once("sim".to_string()).chain(settings.flags.iter().cloned());
     let config = Config::from_args(args).map_err(|e| format!("bad flags: {e}"))?;
+    // One instance of a cluster whose publisher is up but whose subscription
+    // is not: it orders its own chats and publishes each (the actions are
+    // the log of what it relayed), and chats of other instances arrive.
+    let mut engine = Engine::new(
+        config,
+        Options {
+            max_conns: settings.max_clients * 2,
+            instance: Some(INSTANCE),
+            epoch: EPOCH.into(),
+        },
+        0,
+    );
+    engine.handle_cluster(FromCluster::Publisher { up: true }, 0);
     let mut sim = Sim {
-        engine: Engine::new(
-            config,
-            Options {
-                max_conns: settings.max_clients * 2,
-                publish: true,
-                epoch: EPOCH.into(),
-            },
-            0,
-        ),
+        engine,
         now: 0,
         clients: Vec::new(),
         by_key: BTreeMap::new(),
@@ -519,7 +531,10 @@ impl Sim {
 
     fn carry_out(&mut self, action: Action) -> Result<(), String> {
         match action {
-            Action::Publish(frame) => {
+            Action::ReadHistory { .. } => {
+                return Err("read history while ordering its own chats".into());
+            }
+            Action::Publish { frame, .. } => {
                 let (header, len) = frame::parse_header(&frame, Role::Client)
                     .ok()
                     .flatten()
@@ -997,7 +1012,18 @@ impl Sim {
             sender: None,
             id: text.clone(),
         });
-        self.engine.handle_remote_chat(json.as_bytes(), self.now);
+        let chat = FromCluster::Chat {
+            id: self.remote_seq.into(),
+            origin: Origin {
+                instance: INSTANCE + 1,
+                key: 0,
+                conn: 0,
+                seq: 1,
+                relayed_here: false,
+            },
+            json: json.into_bytes(),
+        };
+        self.engine.handle_cluster(chat, self.now);
         self.note(format!("remote chat {text}"));
     }
 
@@ -1172,7 +1198,8 @@ impl Sim {
             let want: Vec<u64> = match (client.since, asked) {
                 (Some(_), _) => (first..=last).collect(),
                 (None, k) => {
-                    let count = k.unwrap_or(100).min(100).min(last);
+                    // `history` is capped at `--history`.
+                    let count = k.unwrap_or(HISTORY_KEPT).min(HISTORY_KEPT).min(last);
                     (last + 1 - count..=last).collect()
                 }
             };
