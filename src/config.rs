@@ -20,7 +20,7 @@ pub struct Config {
     pub host: String,
 
     /// Port to listen on, 0 to 65535 (0 picks a free one; the chosen address is printed).
-    #[arg(long, default_value_t = 8080, value_parser = in_range::<u16>(0, 65_535))]
+    #[arg(long, default_value = "8080", value_parser = in_range::<u16>(0, 65_535))]
     pub port: u16,
 
     /// Stop after this many seconds; 0 runs until SIGINT/SIGTERM.
@@ -41,20 +41,20 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
 
     /// Largest message accepted, in bytes (larger: close 1009); 1 to 1 GiB.
-    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = in_range::<usize>(1, MAX_BYTES))]
+    #[arg(long, value_name = "BYTES", default_value = "65536", value_parser = in_range::<usize>(1, MAX_BYTES))]
     pub max_message_size: usize,
 
     /// Memory a connection's unsent frames may take, in bytes, before it counts
     /// as a slow consumer (each frame counts its bytes plus 64); 16 KiB to 1 GiB.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = in_range::<usize>(MIN_BACKLOG, MAX_BYTES))]
+    #[arg(long, value_name = "BYTES", default_value = "1048576", value_parser = in_range::<usize>(MIN_BACKLOG, MAX_BYTES))]
     pub max_backlog: usize,
 
     /// Chats kept for joins that ask for history or recovery, 0 (none) to 1000000.
-    #[arg(long, value_name = "N", default_value_t = 100, value_parser = in_range::<usize>(0, 1_000_000))]
+    #[arg(long, value_name = "N", default_value = "100", value_parser = in_range::<usize>(0, 1_000_000))]
     pub history: usize,
 
     /// Memory the kept chats may take (each counts its bytes plus 64), 1 KiB to 1 GiB.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = in_range::<usize>(1024, MAX_BYTES))]
+    #[arg(long, value_name = "BYTES", default_value = "1048576", value_parser = in_range::<usize>(1024, MAX_BYTES))]
     pub history_bytes: usize,
 
     /// Most simultaneous connections, 1 to 16777216 [default: what the open-file limit allows].
@@ -62,7 +62,7 @@ pub struct Config {
     pub max_conns: Option<usize>,
 
     /// Most simultaneous connections from one IP address (more get 429); 0 = no limit.
-    #[arg(long, value_name = "N", default_value_t = 0, value_parser = in_range::<u32>(0, u32::MAX as usize))]
+    #[arg(long, value_name = "N", default_value = "0", value_parser = in_range::<u32>(0, u32::MAX as usize))]
     pub max_conns_per_ip: u32,
 
     /// Accept browser upgrades only from this Origin, e.g. https://chat.example.com
@@ -70,6 +70,18 @@ pub struct Config {
     /// host the request was sent to. Requests without an Origin (not browsers) pass.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
+
+    /// Serve /metrics and /stats on this address only (e.g. 10.0.0.5:9100, a
+    /// private interface); the public port then answers them with 404.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_address: Option<String>,
+
+    /// A proxy in front (an address or a CIDR block, e.g. 10.0.0.0/8; repeatable):
+    /// connections from it take the client's address from a PROXY protocol
+    /// header (v1 or v2), else from the last X-Forwarded-For hop. From any
+    /// other peer both are ignored, and a PROXY header is refused.
+    #[arg(long = "trusted-proxy", value_name = "ADDR_OR_CIDR", value_parser = crate::http::proxy::Cidr::parse)]
+    pub trusted_proxies: Vec<crate::http::proxy::Cidr>,
 
     /// Conformance mode: echo every message on /ws instead of the chat protocol.
     #[arg(long)]

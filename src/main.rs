@@ -26,9 +26,12 @@ fn main() -> ExitCode {
     };
     match server.local_addr() {
         Ok(addr) => println!(
-            "listening on {addr} (max {} connections{})",
+            "listening on {addr} (max {} connections{}{})",
             server.max_conns(),
-            if echo { ", echo mode" } else { "" }
+            if echo { ", echo mode" } else { "" },
+            server
+                .metrics_addr()
+                .map_or(String::new(), |m| format!("; metrics on {m}"))
         ),
         Err(e) => eprintln!("websocket-public-chat: {e}"),
     }

@@ -169,3 +169,10 @@ mod tests {
         assert!(accepted.nodelay().unwrap());
     }
 }
+
+/// `sysconf(name)`: clock ticks per second, the page size (0 if unknown).
+pub fn sysconf(name: libc::c_int) -> u64 {
+    // SAFETY: sysconf(3) reads a system constant; no pointers.
+    let value = unsafe { libc::sysconf(name) };
+    u64::try_from(value).unwrap_or(0)
+}

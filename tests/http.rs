@@ -93,7 +93,7 @@ fn the_page_is_served_at_the_root_with_a_strict_policy() {
     // Self-contained: no external script, style or image.
     assert!(body.starts_with("<!doctype html>") && body.contains("<script>"));
     assert!(!body.contains("src=") && !body.contains("href="));
-    assert!(body.len() < 10 * 1024, "{} bytes", body.len());
+    assert!(body.len() < 8 * 1024, "{} bytes", body.len());
     assert_eq!(server.stats()["http_page"], 1);
 }
 

@@ -134,9 +134,21 @@ fn chat(text: &str) -> serde_json::Value {
     json!({"type": "chat", "text": text})
 }
 
-/// The next message is a chat from `user` saying `text`.
+/// The next message that is not a `joined`: an instance tells its members
+/// the new epoch (`joined`, `recovered: false`) whenever its order changes.
+fn next(client: &mut Client) -> Value {
+    loop {
+        let got = client.recv();
+        if got["type"] != "joined" {
+            return got;
+        }
+        assert_eq!(got["recovered"], false, "{got}");
+    }
+}
+
+/// The next message (a new epoch's `joined` aside) is a chat from `user` saying `text`.
 fn expect_chat(client: &mut Client, user: &str, text: &str) {
-    let got = client.recv();
+    let got = next(client);
     assert_eq!(
         (&got["user"], &got["text"]),
         (&json!(user), &json!(text)),
@@ -144,11 +156,17 @@ fn expect_chat(client: &mut Client, user: &str, text: &str) {
     );
 }
 
-/// Nothing more arrives: no duplicates, nothing from where it should not.
+/// Nothing more arrives (a new epoch's `joined` aside): no duplicates,
+/// nothing from where it should not.
 fn expect_nothing(clients: &mut [&mut Client]) {
     std::thread::sleep(Duration::from_millis(300));
     for client in clients {
-        assert_eq!(client.sync(), Vec::<serde_json::Value>::new());
+        let got: Vec<Value> = client
+            .sync()
+            .into_iter()
+            .filter(|m| m["type"] != "joined")
+            .collect();
+        assert_eq!(got, Vec::<Value>::new());
     }
 }
 
@@ -195,6 +213,14 @@ fn instances_share_the_room_and_survive_a_redis_restart() {
         assert_eq!(status, 200);
         assert!(body.contains("backplane down"), "{body}");
     }
+    // Each member is told its ids are of the instance's own epoch now.
+    let told = a2.recv();
+    assert_eq!(
+        (&told["type"], &told["recovered"]),
+        (&json!("joined"), &json!(false)),
+        "{told}"
+    );
+    assert_eq!(servers[0].stats()["epoch"], told["epoch"]);
     a.send(chat("local only"));
     expect_chat(&mut a2, "a", "local only");
     expect_nothing(&mut [&mut b, &mut c]);
@@ -354,6 +380,52 @@ fn next_chats(client: &mut Client, n: usize) -> Vec<Value> {
 }
 
 #[test]
+fn hostile_room_keys_neither_stall_the_room_nor_reach_clients() {
+    let redis = Redis::start(None);
+    wait_listening(redis.port);
+    // A long stream, so what follows is not trimmed away before it is read.
+    let a = ServerProcess::start(&["--redis", &redis.url(), "--history", "2000"]);
+    let b = ServerProcess::start(&["--redis", &redis.url(), "--history", "2000"]);
+    wait_backplane(&a, "up");
+    wait_backplane(&b, "up");
+    let mut alice = Client::joined(&a, "alice");
+    let mut bob = Client::joined(&b, "bob");
+    alice.send(chat("one"));
+    expect_chat(&mut bob, "alice", "one");
+    let stream: &[u8] = b"websocket-public-chat:public:stream";
+    // 600 entries with ids that are not `N-0` (more than one backfill batch)
+    // after chat 1: skipped, and the subscriber goes on past them.
+    let junk = b"for k = 1, 600 do redis.call('XADD', KEYS[1], '1-' .. k, 'o', 'x', 'c', 'y') end";
+    redis.command(&[b"EVAL", junk, b"1", stream]);
+    alice.send(chat("two"));
+    expect_chat(&mut bob, "alice", "two");
+    // An entry far past the room's ids: the next chat goes on after it.
+    redis.command(&[b"XADD", stream, b"99999999-0", b"o", b"x", b"c", b"y"]);
+    alice.send(chat("three"));
+    let three = next(&mut bob);
+    assert_eq!(
+        (three["text"].as_str(), three["id"].as_u64()),
+        (Some("three"), Some(100_000_000))
+    );
+    // An epoch that is not one this server writes is never taken or sent.
+    let epoch = b.stats()["epoch"].clone();
+    let evil: &[u8] = br#"evil","recovered":true,"x":""#;
+    redis.command(&[
+        b"HSET",
+        b"websocket-public-chat:public:meta",
+        b"epoch",
+        evil,
+    ]);
+    let (_, _, joined) = join_with(&b, "dave", json!({"history": 5}));
+    assert_eq!(joined["epoch"], epoch, "{joined}");
+    assert_eq!(joined.as_object().map(|o| o.len()), Some(5), "{joined}");
+    assert_ne!(
+        b.stats()["epoch"].as_str(),
+        Some(r#"evil","recovered":true,"x":""#)
+    );
+}
+
+#[test]
 fn a_client_recovers_on_another_instance_and_everyone_sees_one_order() {
     let redis = Redis::start(None);
     let servers = instances(&redis, 3);
@@ -451,8 +523,8 @@ fn a_redis_that_lost_the_room_or_is_away_is_told_and_recovery_resumes() {
     let (mut dave, _, joined) = join_with(&b, "dave", json!({"history": 0}));
     let epoch = joined["epoch"].clone();
     alice.send(chat("one"));
-    let seen = dave.recv()["id"].as_u64().unwrap();
-    alice2.recv();
+    let seen = next(&mut dave)["id"].as_u64().unwrap();
+    next(&mut alice2);
     drop(dave);
 
     // Redis restarted without persistence: the room's data is gone, a new
@@ -475,12 +547,12 @@ fn a_redis_that_lost_the_room_or_is_away_is_told_and_recovery_resumes() {
     let new_epoch = joined["epoch"].clone();
     assert_eq!(a.stats()["epoch"], new_epoch);
     alice.send(chat("two"));
-    let two = dave.recv();
+    let two = next(&mut dave);
     assert_eq!(
         (two["text"].as_str(), two["id"].as_u64()),
         (Some("two"), Some(1))
     );
-    alice2.recv();
+    next(&mut alice2);
     drop(dave);
 
     // Redis away: local relay goes on, under an epoch of the instance's own;
@@ -489,7 +561,7 @@ fn a_redis_that_lost_the_room_or_is_away_is_told_and_recovery_resumes() {
     wait_backplane(&a, "down");
     wait_backplane(&b, "down");
     alice.send(chat("alone"));
-    assert_eq!(alice2.recv()["text"], "alone");
+    assert_eq!(next(&mut alice2)["text"], "alone");
     let (_, _, joined) = join_with(&a, "dave", json!({"since": 1, "epoch": new_epoch}));
     assert_eq!(joined["recovered"], false, "{joined}");
     assert_eq!(a.stats()["order"], "local");
@@ -510,10 +582,10 @@ fn a_redis_that_lost_the_room_or_is_away_is_told_and_recovery_resumes() {
     let (epoch, seen) = (joined["epoch"].clone(), joined["last"].as_u64().unwrap());
     alice.send(chat("three"));
     assert_eq!(dave_b.recv()["text"], "three");
-    assert_eq!(alice2.recv()["text"], "three");
+    assert_eq!(next(&mut alice2)["text"], "three");
     drop(dave_b);
     alice.send(chat("four"));
-    assert_eq!(alice2.recv()["text"], "four");
+    assert_eq!(next(&mut alice2)["text"], "four");
     let (_, replayed, joined) = join_with(&a, "dave", json!({"since": seen, "epoch": epoch}));
     assert_eq!(joined["recovered"], true, "{joined}");
     assert_eq!(

@@ -258,6 +258,25 @@ pub fn relayed_chat_frame(json: &[u8], max_message: usize, id: u64) -> Option<Ve
     valid.then(|| chat_frame(id, &name_literal(&chat.user), chat.text, chat.ts))
 }
 
+/// A plain-text client's message as the JSON string a chat carries.
+pub fn text_literal(text: &str) -> Box<RawValue> {
+    // A string always serializes, and always to valid JSON.
+    let literal = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
+    RawValue::from_string(literal).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// `name: text`, what a plain-text client receives for a chat (the relayed
+/// JSON frame's payload, read once per chat); None if it is not a chat.
+pub fn plain_line(chat_payload: &[u8]) -> Option<Vec<u8>> {
+    // The relayed chat's own reader, then its text as a string.
+    let chat: Relayed<'_> = serde_json::from_slice(chat_payload).ok()?;
+    let text: Cow<'_, str> = serde_json::from_str(chat.text.get()).ok()?;
+    Some(frame::server_frame(
+        OpCode::Text,
+        &[chat.user.as_bytes(), b": ", text.as_bytes()],
+    ))
+}
+
 /// The name as a JSON string literal, escaped once at join and reused for every relay.
 pub fn name_literal(name: &str) -> Box<str> {
     // Sized for the quotes and no escapes, so the usual name is allocated

@@ -27,6 +27,17 @@ pub struct ChatState {
     /// `Some` once the connection has joined.
     pub member: Option<Member>,
     bucket: TokenBucket,
+    /// A plain-text client (upgraded on `/`): each text message is a chat.
+    plain: Option<Plain>,
+}
+
+/// What a plain-text connection's messages are read with.
+#[derive(Debug)]
+struct Plain {
+    /// It has sent a message: `/nick` counts only as the first.
+    spoke: bool,
+    /// `--max-message-size`: the chat's JSON form must fit it, as a JSON client's would.
+    max_message: usize,
 }
 
 /// What the event loop must do about one text message.
@@ -45,6 +56,8 @@ pub enum Outcome {
     Reply(Vec<u8>),
     /// Leave the room and close with 1000.
     Leave,
+    /// A plain-text client's first message was `/nick NAME`: its name now (a JSON literal).
+    Rename(Box<str>),
     /// A JSON pong: nothing to do (hearing from the client is what counts).
     Keepalive,
     /// A chat over the rate limit, dropped.
@@ -59,12 +72,61 @@ impl ChatState {
         Self {
             member: None,
             bucket: TokenBucket::full(now),
+            plain: None,
+        }
+    }
+
+    /// A plain-text connection (joined by the engine at once, as `guest-N`).
+    pub fn plain(now: u64, max_message: usize) -> Self {
+        let plain = Plain {
+            spoke: false,
+            max_message,
+        };
+        Self {
+            plain: Some(plain),
+            ..Self::new(now)
+        }
+    }
+
+    /// Whether this is a plain-text connection.
+    pub fn is_plain(&self) -> bool {
+        self.plain.is_some()
+    }
+
+    /// A plain-text message: `/nick NAME` if it is the first, else a chat
+    /// (one trailing line break dropped), under the same rate limit, size
+    /// limit and name rules as JSON clients.
+    fn on_plain_text(&mut self, text: &str, now: u64, next_id: u64) -> Outcome {
+        let Some(plain) = &mut self.plain else {
+            return Outcome::Ignored(Ignored::Malformed);
+        };
+        let first = !std::mem::replace(&mut plain.spoke, true);
+        let line = text.strip_suffix('\n').unwrap_or(text);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if first && let Some(name) = line.strip_prefix("/nick ") {
+            return match protocol::valid_name(name) {
+                true => Outcome::Rename(protocol::name_literal(name)),
+                false => Outcome::Ignored(Ignored::InvalidName),
+            };
+        }
+        let literal = protocol::text_literal(line);
+        let too_big = r#"{"type":"chat","text":}"#.len() + literal.get().len() > plain.max_message;
+        match &self.member {
+            None => Outcome::Ignored(Ignored::NotJoined),
+            Some(_) if too_big => Outcome::Ignored(Ignored::Malformed),
+            Some(_) if !self.bucket.try_take(now) => Outcome::RateLimited,
+            Some(member) => {
+                Outcome::Relay(protocol::chat_frame(next_id, &member.user, &literal, None))
+            }
         }
     }
 
     /// Decides what a text message from this connection does at `now` (ms);
     /// a chat relayed gets the room's next id, `next_id`.
     pub fn on_text(&mut self, text: &str, now: u64, next_id: u64) -> Outcome {
+        if self.plain.is_some() {
+            return self.on_plain_text(text, now, next_id);
+        }
         let request = match protocol::parse(text) {
             Ok(request) => request,
             Err(why) => return Outcome::Ignored(why),
@@ -169,6 +231,43 @@ mod tests {
         assert!(matches!(
             chat.on_text(r#"{"type":"chat","text":"x"}"#, 1_100, 7),
             Outcome::Relay(_)
+        ));
+    }
+
+    #[test]
+    fn plain_text_is_a_chat_and_a_first_nick_a_name() {
+        let mut chat = ChatState::plain(0, 100);
+        let Outcome::Rename(name) = chat.on_text("/nick ana\n", 0, 7) else {
+            panic!("no rename");
+        };
+        assert_eq!(&*name, "\"ana\"");
+        chat.member = Some(Member {
+            user: name,
+            index: 0,
+            waiting: false,
+            watching: None,
+        });
+        // Only the first message names: later, `/nick` is said in the room.
+        let Outcome::Relay(frame) = chat.on_text("/nick bob", 0, 7) else {
+            panic!("not relayed");
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&frame[2..]),
+            r#"{"type":"chat","room":"public","id":7,"user":"ana","text":"/nick bob"}"#
+        );
+        // JSON in the text is text; its JSON form must fit the size limit.
+        let Outcome::Relay(frame) = chat.on_text(r#"{"type":"join"}"#, 0, 8) else {
+            panic!("not relayed");
+        };
+        assert!(String::from_utf8_lossy(&frame).contains(r#""text":"{\"type\":\"join\"}""#));
+        assert!(matches!(
+            chat.on_text(&"\u{1}".repeat(20), 0, 9),
+            Outcome::Ignored(Ignored::Malformed)
+        ));
+        let mut chat = ChatState::plain(0, 100);
+        assert!(matches!(
+            chat.on_text("/nick \u{202e}nimda", 0, 7),
+            Outcome::Ignored(Ignored::InvalidName)
         ));
     }
 

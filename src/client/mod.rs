@@ -260,7 +260,7 @@ mod tests {
         // Our own server's parser accepts it, and its answer passes our check.
         let parsed = crate::http::request::parse(request.as_bytes(), &crate::http::Origins::Any);
         let accept = match parsed.map(|r| r.map(|r| r.answer)) {
-            Ok(Some(Ok(crate::http::Route::Upgrade { accept }))) => accept,
+            Ok(Some(Ok(crate::http::Route::Upgrade { accept, .. }))) => accept,
             other => panic!("{other:?}"),
         };
         let answer = crate::http::response::switching_protocols(&accept);

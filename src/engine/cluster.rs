@@ -166,6 +166,9 @@ pub enum FromCluster {
     /// The subscription is up: the room's epoch in Redis and the id of the
     /// newest chat before the ones that follow. Chats after it come next.
     Up { epoch: Box<str>, last: u64 },
+    /// The subscriber passed over stream entries up to `last` that were not
+    /// chats (malformed, oversized): the engine's place in the stream is there.
+    Position { last: u64 },
     /// The subscription is down: nothing arrives from Redis until `Up`.
     Down,
     /// The publishing connection came up or went down.
@@ -251,6 +254,10 @@ impl Engine {
                 self.remote_chat(id, origin, &json, now);
                 self.finish_caught_up();
             }
+            FromCluster::Position { last } => {
+                cluster.redis_last = cluster.redis_last.max(last);
+                self.finish_caught_up();
+            }
             FromCluster::Unpublished {
                 origin,
                 json,
@@ -281,9 +288,11 @@ impl Engine {
 
     /// Who orders the room, after a change in the link. Redis: its epoch,
     /// the ring restarted at its newest id. This instance: an epoch of its
-    /// own for this outage, ids going on from the last, so one client's ids
-    /// keep rising. A join still waiting for the stream across a change is
-    /// answered from the ring now (its read belongs to the old order).
+    /// own for this outage, ids going on from the last. Every member is told
+    /// the new epoch (a `joined`, `recovered: false`), so a recovery never
+    /// mixes the ids of two orders. A join still waiting for the stream
+    /// across a change is answered from the ring now (its read belongs to
+    /// the old order).
     fn reorder(&mut self, epoch_changed: bool) {
         let Some(c) = self.cluster.as_mut() else {
             return;
@@ -299,6 +308,17 @@ impl Engine {
         }
         c.ordered = ordered;
         if changed {
+            // Members already in: their ids are of another epoch from now on.
+            // One `joined` (built once, shared) says which, and that chats
+            // may be missing (during an outage, other instances' are).
+            let joined: Rc<[u8]> =
+                protocol::joined_frame(&self.epoch, self.history.last(), false).into();
+            let members: Vec<usize> = self.room.members().to_vec();
+            for key in members {
+                if self.conns.get(key).is_some_and(|c| !c.plain) {
+                    self.queue(key, Rc::clone(&joined));
+                }
+            }
             let keys: Vec<usize> = self.waiting.keys().copied().collect();
             for key in keys {
                 self.finish_waiting(key, false);

@@ -13,7 +13,9 @@ use crate::websocket::message::MessageReader;
 #[derive(Debug)]
 pub enum Phase {
     /// Reading the HTTP request head (deadline: `--handshake-timeout`).
-    Handshaking { head: HeadReader },
+    /// `via_proxy`: the peer is a trusted proxy and the client's address is
+    /// not known yet (a PROXY header or `X-Forwarded-For` will tell).
+    Handshaking { head: HeadReader, via_proxy: bool },
     /// Upgraded: frames both ways (deadline: the next keepalive check).
     Open {
         reader: MessageReader,
@@ -41,6 +43,10 @@ pub struct Connection {
     pub dirty: bool,
     /// Reading stopped until our replies to this peer drain (backpressure).
     pub read_paused: bool,
+    /// A plain-text client: it is sent chats as `name: text` lines.
+    pub plain: bool,
+    /// Came in on `--metrics-address`: only `/metrics`, `/stats` and `/health`.
+    pub private: bool,
     pub phase: Phase,
     pub outbox: Outbox,
     /// When we last heard from the peer (ms).
@@ -56,8 +62,11 @@ impl Connection {
             id,
             dirty: false,
             read_paused: false,
+            plain: false,
+            private: false,
             phase: Phase::Handshaking {
                 head: HeadReader::default(),
+                via_proxy: false,
             },
             outbox: Outbox::default(),
             last_heard: now,

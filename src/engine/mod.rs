@@ -35,9 +35,10 @@ use std::rc::Rc;
 
 use slab::Slab;
 
-use crate::chat::protocol::{self, Catchup};
+use crate::chat::protocol::{self, Catchup, Ignored};
 use crate::chat::session::{ChatState, Member, Outcome};
 use crate::config::Config;
+use crate::http::proxy::{self, Cidr, ProxyHeader};
 use crate::http::{Head, MAX_HEAD, Origins, Reject, Route, response};
 use crate::websocket::close;
 use crate::websocket::frame::{self, OpCode, Role};
@@ -49,7 +50,7 @@ use history::{History, Since};
 use ip_limit::IpLimit;
 use outbox::FRAME_COST;
 use room::Room;
-use stats::{BackplaneStats, Counters, Live};
+use stats::{BackplaneStats, Counters, Live, ProcessStats};
 use timer_wheel::TimerWheel;
 
 /// Largest read the driver is asked to make (its read buffer's size).
@@ -81,8 +82,9 @@ const STALE_TIMERS_SWEPT_AT: usize = 1024;
 /// Timer wheel: 512 slots of 100 ms, 51.2 s per turn.
 const WHEEL_SLOTS: usize = 512;
 const WHEEL_TICK_MS: u64 = 100;
-/// The browser page served at `/`: HTML, CSS and script in one file, built in.
-const PAGE: &str = include_str!("../http/page.html");
+/// The browser page served at `/`: HTML, CSS and script in one file, built in
+/// (build.rs drops its comment lines and indentation).
+const PAGE: &str = include_str!(concat!(env!("OUT_DIR"), "/page.html"));
 
 /// Something the driver must do, taken with `poll_action`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +109,8 @@ pub enum Action {
 
 /// Reports the Redis backplane's state for `/health` and `/stats`.
 pub type BackplaneProbe = Box<dyn Fn() -> BackplaneStats>;
+/// Reads the process's figures for `/metrics` (the driver reads `/proc`).
+pub type ProcessProbe = Box<dyn Fn() -> ProcessStats>;
 
 /// What the driver decides for the engine beside the flags.
 #[derive(Clone, Debug)]
@@ -131,6 +135,10 @@ pub struct Engine {
     /// Joins waiting for their history from Redis, by key (live chats are
     /// held for them meanwhile; they are not in `room` yet).
     waiting: HashMap<usize, Waiting>,
+    /// Members that are plain-text clients (relay makes their line only if any).
+    plain_members: usize,
+    /// The last `guest-N` given to a plain-text client.
+    next_guest: u64,
     /// The room's recent chats, and the ids chats get.
     history: History,
     /// The epoch the room's ids belong to now (Redis's, or this instance's own).
@@ -162,6 +170,9 @@ pub struct Engine {
     accept_paused_until: Option<u64>,
     state: RunState,
     backplane: Option<BackplaneProbe>,
+    process: Option<ProcessProbe>,
+    /// `--trusted-proxy` blocks.
+    trusted: Vec<Cidr>,
     stats: Counters,
     started: u64,
 }
@@ -192,6 +203,7 @@ enum Reaction {
 impl Engine {
     /// An engine for `config` and `options`, started at `now`.
     pub fn new(config: Config, options: Options, now: u64) -> Self {
+        let trusted = config.trusted_proxies.clone();
         let ip_limit = (config.max_conns_per_ip > 0).then(|| IpLimit::new(config.max_conns_per_ip));
         Self {
             origins: Origins::from_flags(&config.allowed_origins),
@@ -200,6 +212,8 @@ impl Engine {
                 .instance
                 .map(|instance| Cluster::new(instance, &options.epoch)),
             waiting: HashMap::new(),
+            plain_members: 0,
+            next_guest: 0,
             epoch: options.epoch.into(),
             config,
             max_conns: options.max_conns,
@@ -220,6 +234,8 @@ impl Engine {
             accept_paused_until: None,
             state: RunState::Running,
             backplane: None,
+            process: None,
+            trusted,
             stats: Counters::default(),
             started: now,
         }
@@ -228,6 +244,11 @@ impl Engine {
     /// Gives `/health` and `/stats` the Redis backplane's state.
     pub fn set_backplane_probe(&mut self, probe: BackplaneProbe) {
         self.backplane = Some(probe);
+    }
+
+    /// How `/metrics` reads the process's figures.
+    pub fn set_process_probe(&mut self, probe: ProcessProbe) {
+        self.process = Some(probe);
     }
 
     // ---- Accepting -------------------------------------------------------
@@ -239,20 +260,46 @@ impl Engine {
 
     /// A connection from `peer` was accepted; returns its key. Over
     /// `--max-conns` or `--max-conns-per-ip` it is answered with a refusal.
+    /// From a `--trusted-proxy`, the per-address count waits for the
+    /// client's address (`client_address`).
     pub fn handle_accept(&mut self, peer: IpAddr, now: u64) -> usize {
         let key = self.conns.insert(Connection::new(self.next_id, now));
         self.next_id = self.next_id.wrapping_add(1);
         self.stats.connections_total += 1;
         self.stats.peak_connections = self.stats.peak_connections.max(self.conns.len() as u64);
         self.set_timer(key, now + self.config.handshake_timeout_ms);
+        let via_proxy = self.trusted.iter().any(|block| block.contains(peer));
+        if let Some(Phase::Handshaking { via_proxy: v, .. }) =
+            self.conns.get_mut(key).map(|c| &mut c.phase)
+        {
+            *v = via_proxy;
+        }
         if self.conns.len() > self.max_conns {
             self.reject(key, Reject::Unavailable, false, now);
-        } else if let Some(limit) = &mut self.ip_limit
-            && !limit.admit(key, peer)
+        } else if !via_proxy {
+            self.client_address(key, peer, now);
+        }
+        key
+    }
+
+    /// A connection on `--metrics-address`: it may ask for `/metrics`,
+    /// `/stats` and `/health` only.
+    pub fn handle_accept_private(&mut self, peer: IpAddr, now: u64) -> usize {
+        let key = self.handle_accept(peer, now);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.private = true;
+        }
+        key
+    }
+
+    /// The client's address is known: counted for `--max-conns-per-ip`
+    /// (refused with 429 over it).
+    fn client_address(&mut self, key: usize, client: IpAddr, now: u64) {
+        if let Some(limit) = &mut self.ip_limit
+            && !limit.admit(key, client)
         {
             self.reject(key, Reject::TooManyFromAddress, false, now);
         }
-        key
     }
 
     /// Accepting failed for want of descriptors (EMFILE/ENFILE) or memory:
@@ -275,7 +322,7 @@ impl Engine {
             return 0;
         };
         match &conn.phase {
-            Phase::Handshaking { head } => (MAX_HEAD + 1).saturating_sub(head.len()).max(1),
+            Phase::Handshaking { head, .. } => (MAX_HEAD + 1).saturating_sub(head.len()).max(1),
             Phase::Open { .. } | Phase::Closing { .. } if conn.read_paused => 0,
             Phase::Open { .. } | Phase::Closing { .. } => {
                 let room = self.config.max_backlog.saturating_sub(conn.outbox.cost());
@@ -485,7 +532,7 @@ impl Engine {
             return 0;
         };
         let buffered = match &conn.phase {
-            Phase::Handshaking { head } => head.capacity(),
+            Phase::Handshaking { head, .. } => head.capacity(),
             Phase::Open { reader, .. } | Phase::Closing { reader } => reader.buffered(),
             _ => 0,
         };
@@ -592,15 +639,46 @@ impl Engine {
     /// Bytes of the request head (see `HeadReader`: usually the whole
     /// request comes in one read and is parsed where it lies).
     fn on_head(&mut self, key: usize, data: &mut [u8], now: u64) {
-        let Some(Phase::Handshaking { head }) = self.conns.get_mut(key).map(|c| &mut c.phase)
+        let Some(Phase::Handshaking { head, via_proxy }) =
+            self.conns.get_mut(key).map(|c| &mut c.phase)
         else {
             return;
         };
+        // A PROXY header comes before any byte of the request, in one piece.
+        let mut data = data;
+        if head.is_empty() {
+            match (proxy::proxy_header(data), *via_proxy) {
+                (ProxyHeader::Absent, _) => {}
+                (ProxyHeader::Present { client, len }, true) => {
+                    *via_proxy = false;
+                    // LOCAL or UNKNOWN: the proxy's own connection (a health check).
+                    let peer = client.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+                    self.client_address(key, peer, now);
+                    data = &mut data[len..];
+                    if data.is_empty() {
+                        return;
+                    }
+                }
+                // From an untrusted peer: anyone could claim any address. (A
+                // short read that only may be one, "P", is left to the HTTP parser.)
+                (ProxyHeader::Bad, false) if !proxy::is_header_start(data) => {}
+                (_, _) => {
+                    self.stats.refused_proxy_header += 1;
+                    return self.reject(key, Reject::BadRequest, false, now);
+                }
+            }
+        }
+        let Some(Phase::Handshaking { head, via_proxy }) =
+            self.conns.get_mut(key).map(|c| &mut c.phase)
+        else {
+            return;
+        };
+        let via_proxy = *via_proxy;
         // Out of the connection while the route is acted on, back if incomplete.
         let mut reader = std::mem::take(head);
         match reader.read(data, &self.origins) {
             Ok(Head::Incomplete) => {
-                if let Some(Phase::Handshaking { head }) =
+                if let Some(Phase::Handshaking { head, .. }) =
                     self.conns.get_mut(key).map(|c| &mut c.phase)
                 {
                     *head = reader;
@@ -609,6 +687,20 @@ impl Engine {
             Err(reject) => self.reject(key, reject, false, now),
             Ok(Head::Complete { request, rest }) => {
                 let head_only = request.head_only;
+                if via_proxy {
+                    // No PROXY header: the proxy's last X-Forwarded-For hop
+                    // (or the proxy's own address if it sent none).
+                    let client = request
+                        .forwarded_for
+                        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+                    self.client_address(key, client, now);
+                    if !matches!(
+                        self.conns.get(key).map(|c| &c.phase),
+                        Some(Phase::Handshaking { .. })
+                    ) {
+                        return;
+                    }
+                }
                 match request.answer {
                     Err(reject) => self.reject(key, reject, head_only, now),
                     Ok(route) => self.route(key, route, head_only, now),
@@ -622,8 +714,16 @@ impl Engine {
     }
 
     fn route(&mut self, key: usize, route: Route, head_only: bool, now: u64) {
+        // With --metrics-address, /metrics and /stats live there only, and it serves nothing else.
+        if self.config.metrics_address.is_some() {
+            let private = self.conns.get(key).is_some_and(|c| c.private);
+            let for_operators = matches!(route, Route::Metrics | Route::Stats | Route::Health);
+            if private != for_operators && !matches!(route, Route::Health) {
+                return self.reject(key, Reject::NotFound, head_only, now);
+            }
+        }
         match route {
-            Route::Upgrade { accept } => self.open(key, &accept, now),
+            Route::Upgrade { accept, plain } => self.open(key, &accept, plain, now),
             Route::Page => {
                 self.stats.http_page += 1;
                 self.respond(key, Rc::clone(&self.page), head_only, now);
@@ -641,33 +741,78 @@ impl Engine {
             }
             Route::Stats => {
                 self.stats.http_stats += 1;
-                let uptime = now.saturating_sub(self.started) as f64 / 1000.0;
                 let backplane = self.backplane.as_ref().map(|probe| probe());
-                let live = Live {
-                    connections: self.conns.len(),
-                    joined: self.online(),
-                    uptime_seconds: uptime,
-                    epoch: &self.epoch,
-                    order: self.cluster.as_ref().map(Cluster::order),
-                };
-                let body = self.stats.to_json(live, backplane);
+                let body = self.stats.to_json(self.live(now), backplane);
                 let answer = response::ok("application/json", &body);
+                self.respond(key, answer.into(), head_only, now);
+            }
+            Route::Metrics => {
+                self.stats.http_metrics += 1;
+                let backplane = self.backplane.as_ref().map(|probe| probe());
+                let process = self
+                    .process
+                    .as_ref()
+                    .map(|probe| probe())
+                    .unwrap_or_default();
+                let body = self
+                    .stats
+                    .to_prometheus(self.live(now), backplane, &process);
+                let answer = response::ok("text/plain; version=0.0.4; charset=utf-8", &body);
                 self.respond(key, answer.into(), head_only, now);
             }
         }
     }
 
-    fn open(&mut self, key: usize, accept: &str, now: u64) {
+    /// The figures of the moment, for `/stats` and `/metrics`.
+    fn live(&self, now: u64) -> Live<'_> {
+        Live {
+            connections: self.conns.len(),
+            joined: self.online(),
+            uptime_seconds: now.saturating_sub(self.started) as f64 / 1000.0,
+            epoch: &self.epoch,
+            order: self.cluster.as_ref().map(Cluster::order),
+        }
+    }
+
+    fn open(&mut self, key: usize, accept: &str, plain: bool, now: u64) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let chat = match plain {
+            true => ChatState::plain(now, self.config.max_message_size),
+            false => ChatState::new(now),
+        };
         conn.phase = Phase::Open {
             reader: MessageReader::default(),
-            chat: ChatState::new(now),
+            chat,
         };
+        conn.plain = plain;
         self.stats.websocket_upgrades += 1;
         self.queue(key, response::switching_protocols(accept).into());
         self.set_timer(key, now + self.config.ping_interval_ms);
+        if plain {
+            // In the room at once, so a client that only reads gets the chats.
+            self.next_guest += 1;
+            let name = format!("guest-{}", self.next_guest);
+            self.stats.plain_joins += 1;
+            self.notice(
+                key,
+                &format!("* you are {name}; a first line \"/nick NAME\" picks a name"),
+            );
+            self.join(
+                key,
+                protocol::name_literal(&name),
+                false,
+                &Catchup::default(),
+                now,
+            );
+        }
+    }
+
+    /// A line of the server's own to a plain-text client.
+    fn notice(&mut self, key: usize, text: &str) {
+        let frame = frame::server_frame(OpCode::Text, &[text.as_bytes()]);
+        self.queue(key, frame.into());
     }
 
     fn reject(&mut self, key: usize, reject: Reject, head_only: bool, now: u64) {
@@ -739,6 +884,22 @@ impl Engine {
             Reaction::Chat(Outcome::Relay(frame)) => self.accept_chat(key, frame.into(), now),
             Reaction::Chat(Outcome::Reply(frame)) => self.reply(key, frame.into()),
             Reaction::Chat(Outcome::Leave) => self.close(key, CloseCause::Leave, now),
+            Reaction::Chat(Outcome::Rename(user)) => {
+                let said = format!(
+                    "* you are {}",
+                    serde_json::from_str::<String>(&user).unwrap_or_default()
+                );
+                if let Some(member) = self.member_mut(key) {
+                    member.user = user;
+                }
+                self.notice(key, &said);
+            }
+            Reaction::Chat(Outcome::Ignored(Ignored::InvalidName))
+                if self.conns.get(key).is_some_and(|c| c.plain) =>
+            {
+                self.stats.ignored(Ignored::InvalidName);
+                self.notice(key, "* that name is not allowed (docs/protocol.md, Names)");
+            }
             Reaction::Chat(Outcome::Keepalive) => {}
             Reaction::Chat(Outcome::RateLimited) => self.stats.rate_limited += 1,
             Reaction::Chat(Outcome::Ignored(why)) => self.stats.ignored(why),
@@ -773,6 +934,7 @@ impl Engine {
         }
         let index = if waits { 0 } else { self.room.join(key) };
         let online = self.online();
+        let plain = self.conns.get(key).is_some_and(|c| c.plain);
         let Some(chat) = self.conns.get_mut(key).and_then(Connection::chat_mut) else {
             return;
         };
@@ -784,6 +946,7 @@ impl Engine {
             watching,
         });
         self.stats.joins += 1;
+        self.plain_members += usize::from(plain);
         self.presence_pending = !self.watchers.is_empty();
         if presence {
             // The newcomer learns the count at once; the others at the next presence tick.
@@ -874,6 +1037,9 @@ impl Engine {
 
     /// Takes a member out of the room and the watchers; only `transition` calls it.
     fn leave_room(&mut self, member: &Member, key: usize) {
+        if self.conns.get(key).is_some_and(|c| c.plain) {
+            self.plain_members -= 1;
+        }
         if member.waiting {
             self.waiting.remove(&key);
         } else if let Some(moved) = self.room.leave(key, member.index)
@@ -944,6 +1110,15 @@ impl Engine {
         self.history.record(id, Rc::clone(&frame));
         let limit = self.config.max_backlog;
         let mut delivered = 0;
+        // Plain-text members get `name: text`: made once too, if any is here.
+        let line: Option<Rc<[u8]>> = match self.plain_members {
+            0 => None,
+            _ => frame::parse_header(&frame, Role::Client)
+                .ok()
+                .flatten()
+                .and_then(|(_, header)| protocol::plain_line(&frame[header..]))
+                .map(Rc::from),
+        };
         for &key in self.room.members() {
             if Some(key) == sender {
                 continue;
@@ -955,7 +1130,12 @@ impl Engine {
                 self.slow.push(key);
                 continue;
             }
-            conn.outbox.push(Rc::clone(&frame));
+            let frame = match (conn.plain, &line) {
+                (false, _) => &frame,
+                (true, Some(line)) => line,
+                (true, None) => continue,
+            };
+            conn.outbox.push(Rc::clone(frame));
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(key);

@@ -1,6 +1,8 @@
-//! Counters for `/stats` and the statistics block printed at exit.
+//! Counters for `/stats`, `/metrics` and the statistics block printed at exit.
 //!
 //! Every refusal and close has its own counter, named for what happened.
+//! `/stats` and `/metrics` are two renderings of the same figures: the JSON
+//! object, and Prometheus's text format (`to_prometheus`).
 
 use serde::Serialize;
 
@@ -14,6 +16,8 @@ pub struct Counters {
     pub peak_connections: u64,
     pub websocket_upgrades: u64,
     pub joins: u64,
+    /// Plain-text clients joined (upgrades on `/`).
+    pub plain_joins: u64,
     /// Chats accepted for relay ("Total messages").
     pub chats_relayed: u64,
     /// Relayed chats queued to recipients.
@@ -46,6 +50,7 @@ pub struct Counters {
     pub http_page: u64,
     pub http_health: u64,
     pub http_stats: u64,
+    pub http_metrics: u64,
     pub http_bad_request: u64,
     pub http_not_found: u64,
     pub http_method_not_allowed: u64,
@@ -54,6 +59,8 @@ pub struct Counters {
     pub http_head_too_large: u64,
     pub refused_max_conns: u64,
     pub refused_per_ip: u64,
+    /// A PROXY protocol header from a peer not in `--trusted-proxy`, or a bad one.
+    pub refused_proxy_header: u64,
     /// Times reading from a client stopped because our answers to it piled up.
     pub read_pauses: u64,
     pub accept_pauses: u64,
@@ -107,6 +114,123 @@ pub struct BackplaneStats {
     /// History reads for joins, and those that failed.
     pub history_reads: u64,
     pub history_read_failures: u64,
+    /// Reads not made: asked over 3 s before (the join was answered from the ring).
+    pub history_reads_skipped: u64,
+}
+
+/// The process's own figures, read from `/proc` by the driver.
+#[derive(Debug, Default)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub start_time_seconds: f64,
+    pub open_fds: u64,
+}
+
+/// What each counter of `Counters` means, for `/metrics`'s `# HELP`: one
+/// line each, the field's name then its help (one string: no table of
+/// pointers to relocate in the binary).
+const HELP: &str = "\
+connections_total TCP connections accepted\n\
+peak_connections Most connections open at once\n\
+websocket_upgrades WebSocket handshakes completed\n\
+joins Joins to the room\n\
+plain_joins Plain-text clients joined (upgrades on /)\n\
+chats_relayed Chats accepted and relayed\n\
+deliveries Relayed chats queued to recipients\n\
+presence_sent Presence messages sent\n\
+rate_limited Chats dropped by the rate limit\n\
+slow_consumer_closes Connections closed as slow consumers (1008)\n\
+ignored_malformed Messages ignored: malformed\n\
+ignored_unknown_type Messages ignored: unknown type\n\
+ignored_wrong_room Messages ignored: a room other than public\n\
+ignored_invalid_name Joins or nicks ignored: invalid name\n\
+ignored_not_joined Messages ignored: chat before join\n\
+ignored_already_joined Messages ignored: a second join\n\
+ignored_binary Binary messages ignored\n\
+closed_protocol_error Connections closed for a protocol error (1002)\n\
+closed_invalid_utf8 Connections closed for invalid UTF-8 (1007)\n\
+closed_message_too_big Connections closed for a message too big (1009)\n\
+closed_by_client Connections the client closed\n\
+closed_by_leave Connections closed after leave\n\
+closed_by_shutdown Connections closed by shutdown (1001)\n\
+dropped_without_close Connections that ended without a close frame\n\
+read_pauses Times reading a client paused until its replies drained\n\
+accept_pauses Times accepting paused for want of descriptors or memory\n\
+backplane_rejected Chats from Redis that were not valid, dropped\n\
+backplane_duplicates Chats from Redis with an id already relayed, dropped\n\
+history_joins Joins that asked for history or since\n\
+history_chats_sent Chats replayed to joins\n\
+recoveries_complete Recoveries (since) that got every missed chat\n\
+recoveries_incomplete Recoveries (since) with a gap\n\
+history_reads Joins answered from the Redis stream\n\
+history_fallbacks Joins answered from the ring instead of the Redis stream\n\
+close_timeouts Our close frames unanswered within 2 s\n\
+linger_timeouts Connections with no FIN 2 s after our last byte\n\
+handshake_timeouts Connections that sent no request head in time\n\
+keepalive_timeouts Connections closed as silent (1001)\n\
+http_page Page requests (GET /)\n\
+http_health Health requests\n\
+http_stats Stats requests\n\
+http_metrics Metrics requests\n\
+http_bad_request Requests refused with 400\n\
+http_not_found Requests refused with 404\n\
+http_method_not_allowed Requests refused with 405\n\
+http_forbidden_origin Upgrades refused with 403 (Origin)\n\
+http_upgrade_required Upgrades refused with 426 (version)\n\
+http_head_too_large Requests refused with 431\n\
+refused_max_conns Connections refused over --max-conns\n\
+refused_per_ip Connections refused over --max-conns-per-ip\n\
+refused_proxy_header Connections refused: a PROXY header from an untrusted peer, or a bad one";
+
+/// The help of counter `field` (its name if it has none).
+fn help(field: &str) -> &str {
+    HELP.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(' '))
+        .unwrap_or(field)
+}
+
+/// `/metrics` names counters `websocket_public_chat_NAME_total`; these few are gauges.
+const GAUGES: &[&str] = &["peak_connections"];
+
+/// Every `/metrics` name starts so.
+const P: &str = "websocket_public_chat_";
+
+/// Writes one metric: `# HELP`, `# TYPE` and its sample (`name` after `prefix`).
+fn metric(out: &mut String, prefix: &str, name: &str, kind: &str, help: &str, value: &str) {
+    for part in [
+        "# HELP ",
+        prefix,
+        name,
+        " ",
+        help,
+        "\n# TYPE ",
+        prefix,
+        name,
+        " ",
+        kind,
+        "\n",
+        prefix,
+        name,
+        " ",
+        value,
+        "\n",
+    ] {
+        out.push_str(part);
+    }
+}
+
+/// A number as JSON writes it (the formatter `/stats` already uses).
+fn number(x: f64) -> String {
+    serde_json::to_string(&x).unwrap_or_else(|_| "0".into())
+}
+
+/// A Prometheus label value: backslash, double quote and line feed escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The figures of the moment that `/stats` shows beside the counters.
@@ -189,6 +313,194 @@ impl Counters {
         serde_json::to_vec(&snapshot).unwrap_or_default()
     }
 
+    /// The `/metrics` body: Prometheus text format 0.0.4. Every counter of
+    /// `/stats` (`websocket_public_chat_NAME_total`), the live figures as
+    /// gauges, the backplane's, and the process's (`process_*`).
+    pub fn to_prometheus(
+        &self,
+        live: Live<'_>,
+        backplane: Option<BackplaneStats>,
+        process: &ProcessStats,
+    ) -> Vec<u8> {
+        let mut out = String::with_capacity(8 << 10);
+        let gauge = |out: &mut String, name: &str, help: &str, value: &str| {
+            metric(out, P, name, "gauge", help, value);
+        };
+        gauge(
+            &mut out,
+            "connections",
+            "Connections open now",
+            &live.connections.to_string(),
+        );
+        gauge(
+            &mut out,
+            "joined",
+            "Members of the room now",
+            &live.joined.to_string(),
+        );
+        gauge(
+            &mut out,
+            "uptime_seconds",
+            "Seconds since the server started",
+            &number(live.uptime_seconds),
+        );
+        let room = format!(
+            "{{epoch=\"{}\",order=\"{}\"}}",
+            label(live.epoch),
+            live.order.unwrap_or("local")
+        );
+        metric(
+            &mut out,
+            P,
+            "room_info",
+            "gauge",
+            "The room's epoch and who orders it",
+            "1",
+        );
+        out.truncate(out.len() - 3);
+        out.push_str(&room);
+        out.push_str(" 1\n");
+        // The counters as `/stats` writes them: a flat object of whole numbers.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        for pair in json.trim_matches(|c| c == '{' || c == '}').split(',') {
+            let Some((field, value)) = pair.split_once(':') else {
+                continue;
+            };
+            let field = field.trim_matches('"');
+            let help = help(field);
+            match GAUGES.contains(&field) {
+                true => gauge(&mut out, field, help, value),
+                false => {
+                    let name = field.strip_suffix("_total").unwrap_or(field);
+                    metric(
+                        &mut out,
+                        P,
+                        &format!("{name}_total"),
+                        "counter",
+                        help,
+                        value,
+                    );
+                }
+            }
+        }
+        if let Some(b) = backplane {
+            let up = |state: &str| if state == "up" { "1" } else { "0" };
+            metric(
+                &mut out,
+                P,
+                "backplane_info",
+                "gauge",
+                "This instance's id on the Redis backplane",
+                "1",
+            );
+            out.truncate(out.len() - 3);
+            out.push_str(&format!(
+                "{{instance_id=\"{}\"}} 1\n",
+                label(&b.instance_id)
+            ));
+            gauge(
+                &mut out,
+                "backplane_up",
+                "Both Redis connections are up",
+                up(b.state),
+            );
+            gauge(
+                &mut out,
+                "backplane_publisher_up",
+                "The publishing connection is up",
+                up(b.publisher),
+            );
+            gauge(
+                &mut out,
+                "backplane_subscriber_up",
+                "The subscription is up",
+                up(b.subscriber),
+            );
+            for (name, value, help) in [
+                ("published", b.published, "Chats published to Redis"),
+                ("received", b.received, "Chats read from the stream"),
+                (
+                    "lost_outgoing",
+                    b.lost_outgoing,
+                    "Chats dropped: the publish queue was full",
+                ),
+                (
+                    "unpublished",
+                    b.unpublished,
+                    "Chats Redis did not take, relayed here only",
+                ),
+                (
+                    "malformed",
+                    b.malformed,
+                    "Entries or messages not in this server's format",
+                ),
+                ("oversized", b.oversized, "Entries larger than any chat"),
+                (
+                    "forged",
+                    b.forged,
+                    "Channel messages the stream does not back",
+                ),
+                (
+                    "trimmed",
+                    b.trimmed,
+                    "Ids gone from the stream before they were read",
+                ),
+                (
+                    "subscriptions_lost",
+                    b.subscriptions_lost,
+                    "Subscriptions lost after being up",
+                ),
+                (
+                    "history_reads",
+                    b.history_reads,
+                    "History reads from the stream",
+                ),
+                (
+                    "history_read_failures",
+                    b.history_read_failures,
+                    "History reads that failed",
+                ),
+                (
+                    "history_reads_skipped",
+                    b.history_reads_skipped,
+                    "History reads not made: asked over 3 s before",
+                ),
+            ] {
+                let name = format!("backplane_{name}_total");
+                metric(&mut out, P, &name, "counter", help, &value.to_string());
+            }
+        }
+        for (name, kind, help, value) in [
+            (
+                "cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent in seconds",
+                number(process.cpu_seconds),
+            ),
+            (
+                "resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes",
+                process.resident_bytes.to_string(),
+            ),
+            (
+                "start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds",
+                number(process.start_time_seconds),
+            ),
+            (
+                "open_fds",
+                "gauge",
+                "Number of open file descriptors",
+                process.open_fds.to_string(),
+            ),
+        ] {
+            metric(&mut out, "process_", name, kind, help, &value);
+        }
+        out.into_bytes()
+    }
+
     /// The block printed at exit, in the format the compared servers print, then our own lines.
     ///
     /// As those servers define it, processing time is the time the server ran,
@@ -241,6 +553,18 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_counter_has_its_help() {
+        let Ok(serde_json::Value::Object(counters)) = serde_json::to_value(Counters::default())
+        else {
+            panic!("counters are an object");
+        };
+        for field in counters.keys() {
+            assert_ne!(help(field), field, "no help for {field}");
+        }
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn summary_keeps_the_compared_servers_format() {

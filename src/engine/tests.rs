@@ -640,6 +640,11 @@ fn without_redis_the_instance_orders_its_own_chats_under_its_own_epoch() {
     let (a, b) = (d.joined("a"), d.joined("b"));
     d.engine.handle_cluster(FromCluster::Down, d.now);
     d.turn();
+    // Members are told: ids from here are of this instance's epoch.
+    let told = d.texts(b);
+    assert_eq!(ids_and_types(&told), ["joined 5 false"]);
+    assert_ne!(told[0]["epoch"], "E");
+    assert_eq!(ids_and_types(&d.texts(a)), ["joined 5 false"]);
     // Relayed at once with the next id here, and still published (marked so).
     d.text(a, r#"{"type":"chat","text":"alone"}"#);
     assert_eq!(ids_and_types(&d.texts(b)), ["chat 6"]);

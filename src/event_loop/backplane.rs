@@ -61,18 +61,39 @@ const BACKFILL_BATCH: usize = 512;
 /// a new epoch (used only if the room has none), the stream's length, the
 /// channel, the origin, the chat's JSON, the chat's sequence. A sequence
 /// already published does nothing, so a retry after a lost answer cannot
-/// publish a chat twice.
+/// publish a chat twice. If someone else wrote an entry with an id past
+/// ours into the stream, ids go on after it (the skipped ids are a gap);
+/// an `XADD` Redis still refuses leaves the offset and the sequence as they
+/// were and fails the call.
 const PUBLISH_SCRIPT: &str = r"
 if tonumber(ARGV[6]) <= tonumber(redis.call('GET', KEYS[3]) or '0') then
   return 0
 end
-redis.call('SET', KEYS[3], ARGV[6], 'EX', 86400)
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
   redis.call('DEL', KEYS[2])
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local id = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'o', ARGV[4], 'c', ARGV[5])
+local function add()
+  return redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'o', ARGV[4], 'c', ARGV[5])
+end
+local added = add()
+if type(added) == 'table' and added.err then
+  -- Someone else wrote an entry past our ids: go on after it (a gap).
+  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+  local ms = top and tonumber(string.match(top[1], '^(%d+)-'))
+  if ms and ms >= id and ms < 9007199254740991 then
+    id = ms + 1
+    redis.call('HSET', KEYS[1], 'offset', id)
+    added = add()
+  end
+end
+if type(added) == 'table' and added.err then
+  -- Scripts do not roll back: the offset back, nothing marked published.
+  redis.call('HSET', KEYS[1], 'offset', id - 1)
+  return added
+end
+redis.call('SET', KEYS[3], ARGV[6], 'EX', 86400)
 redis.call('PUBLISH', ARGV[3], epoch .. ' ' .. id .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
 return id
 ";
@@ -89,13 +110,16 @@ return {redis.call('HGET', KEYS[1], 'epoch'), redis.call('HGET', KEYS[1], 'offse
 /// `--history`, a read is one page (one round trip, no script: a plain
 /// `XREVRANGE` costs Redis a quarter of what the same read in Lua did).
 const READ_PAGE: usize = 128;
+/// A read asked for this long ago is not made: the engine answered the
+/// join from its ring after 3 s (`cluster::WAIT_MS`).
+const READ_GIVEN_UP: Duration = Duration::from_secs(3);
 
 /// The loop's handle on the backplane.
 pub struct Backplane {
     id: u64,
     waker: Arc<Waker>,
     outgoing: SyncSender<(Origin, Vec<u8>)>,
-    reads: SyncSender<(usize, u32, Read)>,
+    reads: SyncSender<(usize, u32, Read, Instant)>,
     incoming: Receiver<FromCluster>,
     shared: Arc<Shared>,
 }
@@ -122,6 +146,7 @@ struct Shared {
     subscriptions_lost: AtomicU64,
     history_reads: AtomicU64,
     history_read_failures: AtomicU64,
+    history_reads_skipped: AtomicU64,
 }
 
 /// Where Redis is and how to reach it.
@@ -279,7 +304,9 @@ impl Backplane {
     /// Asks for a join's history; false if the reader's queue is full (the
     /// engine then answers from its ring).
     pub fn read_history(&self, key: usize, conn: u32, read: Read) -> bool {
-        self.reads.try_send((key, conn, read)).is_ok()
+        self.reads
+            .try_send((key, conn, read, Instant::now()))
+            .is_ok()
     }
 
     /// Hands what the threads sent to `handle`, at most `QUEUE` per call so
@@ -320,6 +347,15 @@ impl Drop for Backplane {
 /// An epoch to propose if the room has none in Redis (first start, or Redis
 /// lost it): new each time, so a room that was lost never comes back under
 /// the epoch it had.
+/// An epoch as this server writes them (hex, 1 to 64 characters of
+/// `[0-9A-Za-z._-]` accepted): one from Redis is sent to clients.
+fn valid_epoch(epoch: &str) -> bool {
+    (1..=64).contains(&epoch.len())
+        && epoch
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 fn fresh_epoch() -> String {
     format!("{:016x}", instance_id())
 }
@@ -419,6 +455,7 @@ impl Shared {
             subscriptions_lost: get(&self.subscriptions_lost),
             history_reads: get(&self.history_reads),
             history_read_failures: get(&self.history_read_failures),
+            history_reads_skipped: get(&self.history_reads_skipped),
         }
     }
 }
@@ -451,7 +488,17 @@ impl Publisher {
         let script = redis::Script::new(PUBLISH_SCRIPT);
         let mut link = Link::new(&self.client, "publisher");
         let mut said: Option<bool> = None;
+        // Connected at once, so the first chats are already in Redis's order.
+        let _ = link.run(|c| redis::cmd("PING").query::<String>(c).map(drop));
         loop {
+            let up = link.is_up();
+            s.publisher_up.store(up, Ordering::Relaxed);
+            if said != Some(up) {
+                said = Some(up);
+                if !self.to_loop.send(FromCluster::Publisher { up }, 0) {
+                    return;
+                }
+            }
             match queue.recv_timeout(REDIS_TIMEOUT) {
                 Ok((origin, json)) => {
                     let publish = |c: &mut redis::Connection| {
@@ -493,14 +540,6 @@ impl Publisher {
                 }
                 // The server dropped its sender: it is exiting.
                 Err(RecvTimeoutError::Disconnected) => return,
-            }
-            let up = link.is_up();
-            s.publisher_up.store(up, Ordering::Relaxed);
-            if said != Some(up) {
-                said = Some(up);
-                if !self.to_loop.send(FromCluster::Publisher { up }, 0) {
-                    return;
-                }
             }
         }
     }
@@ -706,7 +745,13 @@ impl Subscriber {
             .key(&self.room.stream)
             .arg(fresh_epoch())
             .invoke(data)?;
-        Ok((epoch, offset.parse().unwrap_or(0)))
+        match (valid_epoch(&epoch), offset.parse()) {
+            (true, Ok(offset)) => Ok((epoch, offset)),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the room's epoch or offset in Redis is not one this server writes",
+            ))),
+        }
     }
 
     /// Hands on every chat the stream holds after `position.last`, in
@@ -719,16 +764,28 @@ impl Subscriber {
         position: &mut Position,
     ) -> redis::RedisResult<bool> {
         let s = &self.to_loop.shared;
+        let mut after = format!("({}-0", position.last);
+        let handed = position.last;
         loop {
             let entries: redis::Value = redis::cmd("XRANGE")
                 .arg(&self.room.stream)
-                .arg(format!("({}-0", position.last))
+                .arg(&after)
                 .arg("+")
                 .arg("COUNT")
                 .arg(BACKFILL_BATCH)
                 .query(data)?;
+            // The next batch starts after the last entry, whatever its id
+            // (entries not `N-0` are skipped, not read again and again).
+            let count = match &entries {
+                redis::Value::Array(items) => {
+                    if let Some(raw) = items.last().and_then(raw_entry_id) {
+                        after = format!("({raw}");
+                    }
+                    items.len()
+                }
+                _ => 0,
+            };
             let entries = stream_entries(entries);
-            let count = entries.len();
             for (id, fields) in entries {
                 // Ids between are gone from the stream (trimmed before we came back).
                 s.trimmed
@@ -752,9 +809,29 @@ impl Subscriber {
                 }
             }
             if count < BACKFILL_BATCH {
-                return Ok(true);
+                break;
             }
         }
+        // Entries passed over without a chat handed on: the engine's place in
+        // the stream moves on too (a join's read that saw them waits for it).
+        if position.last > handed {
+            let skipped = FromCluster::Position {
+                last: position.last,
+            };
+            return Ok(self.to_loop.send(skipped, 0));
+        }
+        Ok(true)
+    }
+}
+
+/// A stream entry's id as Redis gave it (`[id, fields]`).
+fn raw_entry_id(entry: &redis::Value) -> Option<String> {
+    match entry {
+        redis::Value::Array(pair) => match pair.first() {
+            Some(redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -820,11 +897,9 @@ fn decode(message: &[u8]) -> Option<(&str, u64)> {
     let epoch = std::str::from_utf8(parts.next()?).ok()?;
     let id = parts.next()?;
     parts.next()?;
-    let valid_epoch =
-        (1..=64).contains(&epoch.len()) && epoch.bytes().all(|b| b.is_ascii_graphic());
     let id = (!id.is_empty() && id.iter().all(u8::is_ascii_digit))
         .then(|| std::str::from_utf8(id).ok()?.parse().ok())??;
-    valid_epoch.then_some((epoch, id))
+    valid_epoch(epoch).then_some((epoch, id))
 }
 
 /// Answers joins' history reads from the stream, one at
@@ -839,11 +914,17 @@ struct Reader {
 }
 
 impl Reader {
-    fn run(&self, requests: &Receiver<(usize, u32, Read)>) {
+    fn run(&self, requests: &Receiver<(usize, u32, Read, Instant)>) {
         let s = &self.to_loop.shared;
         let mut link = Link::new(&self.client, "history reader");
         // Ends when the loop drops its sender.
-        for (key, conn, read) in requests {
+        for (key, conn, read, asked) in requests {
+            // The join stopped waiting (after 3 s it is answered from the
+            // ring): a backlog of reads after a storm is not worked through.
+            if asked.elapsed() >= READ_GIVEN_UP {
+                s.history_reads_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             s.history_reads.fetch_add(1, Ordering::Relaxed);
             let stream = link.run(|c| self.read(c, read)).ok().flatten();
             if stream.is_none() {
@@ -897,10 +978,14 @@ impl Reader {
             let epoch: Option<String> = redis::from_redis_value(epoch).ok();
             let offset: Option<String> = redis::from_redis_value(offset).ok();
             let entries = replies.next().unwrap_or(redis::Value::Nil);
-            let state = (
-                epoch.unwrap_or_default(),
-                offset.and_then(|o| o.parse().ok()).unwrap_or(0),
-            );
+            // No offset yet: no chat yet.
+            let (Some(epoch), Ok(offset)) = (epoch, offset.map_or(Ok(0), |o| o.parse())) else {
+                return Ok(None);
+            };
+            if !valid_epoch(&epoch) {
+                return Ok(None);
+            }
+            let state = (epoch, offset);
             match &room {
                 Some((epoch, _)) if *epoch != state.0 => return Ok(None),
                 Some(_) => {}

@@ -10,6 +10,7 @@
 
 #[cfg_attr(not(feature = "redis"), path = "backplane_off.rs")]
 pub mod backplane;
+mod process;
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
@@ -28,6 +29,7 @@ use backplane::{Backplane, Target};
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const BACKPLANE: Token = Token(usize::MAX - 2);
+const METRICS: Token = Token(usize::MAX - 3);
 
 /// Reads from one connection per turn before the others get theirs.
 const READS_PER_TURN: usize = 16;
@@ -44,6 +46,8 @@ pub struct Server {
     poll: Poll,
     /// `None` once shutdown has begun: new clients are refused by the kernel.
     listener: Option<TcpListener>,
+    /// `--metrics-address`: `/metrics` and `/stats` for operators only.
+    metrics: Option<TcpListener>,
     /// Read end of the pipe the signal handler writes to.
     signals: UnixStream,
     /// Each connection's socket, under the engine's key for it.
@@ -77,6 +81,21 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let metrics = match &config.metrics_address {
+            Some(addr) => {
+                let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "--metrics-address resolves to no address",
+                    )
+                })?;
+                let mut metrics = TcpListener::bind(addr)?;
+                poll.registry()
+                    .register(&mut metrics, METRICS, Interest::READABLE)?;
+                Some(metrics)
+            }
+            None => None,
+        };
 
         // The handler only writes a byte to this pipe; the loop sees it as readable.
         let (read_end, write_end) = StdUnixStream::pair()?;
@@ -122,10 +141,15 @@ impl Server {
         if let Some(backplane) = &backplane {
             engine.set_backplane_probe(backplane.probe());
         }
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        engine.set_process_probe(Box::new(move || process::sample(started)));
         Ok(Self {
             engine,
             poll,
             listener: Some(listener),
+            metrics,
             signals,
             sockets: Vec::new(),
             backplane,
@@ -141,6 +165,11 @@ impl Server {
             Some(listener) => listener.local_addr(),
             None => Err(io::ErrorKind::NotConnected.into()),
         }
+    }
+
+    /// Where `/metrics` is served apart (`--metrics-address`), if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// The connection limit in force.
@@ -162,6 +191,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
+                    METRICS => self.accept_from(true, now),
                     SIGNALS => self.on_signal(now),
                     BACKPLANE => self.relay_remote(now),
                     Token(key) => {
@@ -219,11 +249,17 @@ impl Server {
                 Action::Close(key) => drop(self.sockets.get_mut(key).and_then(Option::take)),
                 Action::ResumeReading(key) => self.read_again.push(key),
                 Action::StopListening => {
-                    if let Some(mut listener) = self.listener.take() {
+                    for mut listener in [self.listener.take(), self.metrics.take()]
+                        .into_iter()
+                        .flatten()
+                    {
                         let _ = self.poll.registry().deregister(&mut listener);
                     }
                 }
-                Action::ResumeAccepting => self.accept(now),
+                Action::ResumeAccepting => {
+                    self.accept(now);
+                    self.accept_from(true, now);
+                }
                 Action::Publish { frame, origin } => {
                     if let Some(backplane) = &self.backplane {
                         backplane.publish(&frame, origin);
@@ -253,8 +289,17 @@ impl Server {
     }
 
     fn accept(&mut self, now: u64) {
+        self.accept_from(false, now);
+    }
+
+    /// Accepts what waits on the public listener, or on the metrics one (`private`).
+    fn accept_from(&mut self, private: bool, now: u64) {
         while self.engine.accepting() {
-            let Some(listener) = &self.listener else {
+            let listener = match private {
+                false => &self.listener,
+                true => &self.metrics,
+            };
+            let Some(listener) = listener else {
                 return;
             };
             let (mut stream, peer) = match listener.accept() {
@@ -276,7 +321,10 @@ impl Server {
             };
             #[cfg(not(target_os = "linux"))]
             let _ = stream.set_nodelay(true);
-            let key = self.engine.handle_accept(peer.ip(), now);
+            let key = match private {
+                false => self.engine.handle_accept(peer.ip(), now),
+                true => self.engine.handle_accept_private(peer.ip(), now),
+            };
             // Edge-triggered, registered once for both directions: no reregister per write.
             let interest = Interest::READABLE | Interest::WRITABLE;
             if self

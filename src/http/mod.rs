@@ -1,7 +1,9 @@
 //! The HTTP front end: every connection starts as an HTTP/1.1 request.
 //! `request` parses the head and decides (upgrade, page, health, stats, or
-//! a refusal); `response` writes the answers. Pure code, no sockets.
+//! a refusal); `response` writes the answers; `proxy` finds the client's
+//! address behind a trusted proxy. Pure code, no sockets.
 
+pub mod proxy;
 pub mod request;
 pub mod response;
 

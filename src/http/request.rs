@@ -19,14 +19,17 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// What a complete, acceptable request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /ws` with a valid upgrade: the `Sec-WebSocket-Accept` value to answer with.
-    Upgrade { accept: String },
+    /// `GET /ws` with a valid upgrade: the `Sec-WebSocket-Accept` value to
+    /// answer with; `plain`: the upgrade was on `/` (plain-text mode).
+    Upgrade { accept: String, plain: bool },
     /// `GET /`: the browser page.
     Page,
     /// `GET /health`.
     Health,
     /// `GET /stats`.
     Stats,
+    /// `GET /metrics`: Prometheus text format.
+    Metrics,
 }
 
 /// Why a request is refused. Each maps to one HTTP status.
@@ -167,6 +170,8 @@ pub struct Request {
     pub head_only: bool,
     /// Bytes the head took; anything after it belongs to the WebSocket stream.
     pub len: usize,
+    /// The last `X-Forwarded-For` hop (used only if the peer is a trusted proxy).
+    pub forwarded_for: Option<std::net::IpAddr>,
 }
 
 /// Parses the request head at the start of `buf`: `Ok(None)` while it is
@@ -187,21 +192,27 @@ pub fn parse(buf: &[u8], origins: &Origins) -> Result<Option<Request>, Reject> {
     let head_only = method == "HEAD";
     let path = target.split('?').next().unwrap_or(target);
     let answer = match path {
-        "/ws" | "/" | "/health" | "/stats" if !matches!(method, "GET" | "HEAD") => {
+        "/ws" | "/" | "/health" | "/stats" | "/metrics" if !matches!(method, "GET" | "HEAD") => {
             Err(Reject::MethodNotAllowed)
+        }
+        // An upgrade on `/` is a plain-text client (`websocat ws://host/`).
+        "/" if !head_only && has_token(req.headers, "Upgrade", "websocket") => {
+            upgrade(version, req.headers, origins, true)
         }
         "/" => Ok(Route::Page),
         "/health" => Ok(Route::Health),
         "/stats" => Ok(Route::Stats),
+        "/metrics" => Ok(Route::Metrics),
         // An opening handshake is a GET (RFC 6455 §4.1).
         "/ws" if head_only => Err(Reject::BadRequest),
-        "/ws" => upgrade(version, req.headers, origins),
+        "/ws" => upgrade(version, req.headers, origins, false),
         _ => Err(Reject::NotFound),
     };
     Ok(Some(Request {
         answer,
         head_only,
         len,
+        forwarded_for: super::proxy::forwarded_for(req.headers),
     }))
 }
 
@@ -309,6 +320,7 @@ fn upgrade(
     version: u8,
     headers: &[httparse::Header<'_>],
     origins: &Origins,
+    plain: bool,
 ) -> Result<Route, Reject> {
     if version != 1 {
         return Err(Reject::BadRequest);
@@ -344,6 +356,7 @@ fn upgrade(
     }
     Ok(Route::Upgrade {
         accept: accept_key(key),
+        plain,
     })
 }
 
@@ -398,6 +411,29 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_on_the_root_is_plain_text_and_a_get_the_page() {
+        let plain = GOOD.replacen("GET /ws ", "GET / ", 1);
+        let request = parse(plain.as_bytes(), &Origins::SameAsHost)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            request.answer,
+            Ok(Route::Upgrade { plain: true, .. })
+        ));
+        let page = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let request = parse(page.as_bytes(), &Origins::SameAsHost)
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.answer, Ok(Route::Page));
+        // Checked like any upgrade: a bad key is refused.
+        let bad = plain.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+        let request = parse(bad.as_bytes(), &Origins::SameAsHost)
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.answer, Err(Reject::BadRequest));
+    }
+
+    #[test]
     fn valid_upgrade_and_the_bytes_after_it() {
         let mut bytes = GOOD.as_bytes().to_vec();
         bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
@@ -405,7 +441,8 @@ mod tests {
         assert_eq!(
             request.answer,
             Ok(Route::Upgrade {
-                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                plain: false,
             })
         );
         assert_eq!((request.len, request.head_only), (GOOD.len(), false));

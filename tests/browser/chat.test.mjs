@@ -10,6 +10,7 @@ import { mkdirSync } from 'node:fs';
 import net from 'node:net';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
+import { expectMessage, join, say } from './page.mjs';
 
 const [server_bin, artifacts] = process.argv.slice(2);
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -104,30 +105,8 @@ async function openPage(browser, url, name, dialogs) {
     ),
   );
   await page.goto(url);
-  await page.fill('#name', name);
-  await page.press('#name', 'Enter');
-  await page.waitForSelector('#state.online', { timeout: WAIT });
+  await join(page, name, WAIT);
   return page;
-}
-
-async function say(page, text) {
-  await page.fill('#text', text);
-  await page.press('#text', 'Enter');
-}
-
-// Waits until the page shows a message from `user` with exactly `text`.
-async function expectMessage(page, user, text, own = false) {
-  await page.waitForFunction(
-    ([user, text, own]) =>
-      [...document.querySelectorAll('#log li')].some(
-        (li) =>
-          li.querySelector('.user')?.textContent === user &&
-          li.querySelector('.text')?.textContent === text &&
-          li.classList.contains('own') === own,
-      ),
-    [user, text, own],
-    { timeout: WAIT },
-  );
 }
 
 async function expectOnline(page, count) {

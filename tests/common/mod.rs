@@ -30,6 +30,8 @@ pub struct ServerProcess {
     child: Child,
     stdout: BufReader<ChildStdout>,
     pub addr: SocketAddr,
+    /// With `--metrics-address`: where `/metrics` is served.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -68,10 +70,16 @@ impl ServerProcess {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        let metrics = line
+            .split("metrics on ")
+            .nth(1)
+            .and_then(|rest| rest.trim_end().strip_suffix(')'))
+            .and_then(|addr| addr.parse().ok());
         Self {
             child,
             stdout,
             addr,
+            metrics,
         }
     }
 
