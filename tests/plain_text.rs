@@ -49,7 +49,12 @@ fn a_text_only_client_chats_with_json_clients_both_ways() {
     let mut json_client = Client::joined(&server, "bob");
 
     let mut ana = TextClient::connect(&server);
-    assert!(ana.line().starts_with("* you are guest-1;"));
+    let welcome = ana.line();
+    let first: u64 = welcome
+        .strip_prefix("* you are guest-")
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{welcome}"));
     ana.say("/nick ana");
     assert_eq!(ana.line(), "* you are ana");
     ana.say("hello, {\"json\": \"is text here\"}\n");
@@ -66,17 +71,19 @@ fn a_text_only_client_chats_with_json_clients_both_ways() {
             json!(1)
         )
     );
-    json_client.send(json!({"type": "chat", "text": "hi ana\nsecond line", "ts": 5}));
-    assert_eq!(ana.line(), "bob: hi ana\nsecond line");
+    json_client.send(json!({"type": "chat", "text": "hi ana\nmallory: \u{1b}[31mfake", "ts": 5}));
+    // One line, nothing that drives a terminal.
+    assert_eq!(ana.line(), "bob: hi ana\u{FFFD}mallory: \u{FFFD}[31mfake");
 
     // A client that never names itself is guest-N; only a first /nick names.
     let mut guest = TextClient::connect(&server);
-    assert!(guest.line().starts_with("* you are guest-2;"));
+    let second = format!("guest-{}", first + 1);
+    assert!(guest.line().starts_with(&format!("* you are {second};")));
     guest.say("first words");
     guest.say("/nick late");
-    assert_eq!(ana.line(), "guest-2: first words");
-    assert_eq!(ana.line(), "guest-2: /nick late");
-    assert_eq!(json_client.recv()["user"], "guest-2");
+    assert_eq!(ana.line(), format!("{second}: first words"));
+    assert_eq!(ana.line(), format!("{second}: /nick late"));
+    assert_eq!(json_client.recv()["user"], second.as_str());
     assert_eq!(json_client.recv()["text"], "/nick late");
 
     // Name rules hold: a bidi override is refused, the client stays a guest.
@@ -85,7 +92,7 @@ fn a_text_only_client_chats_with_json_clients_both_ways() {
     liar.say("/nick \u{202e}nimda");
     assert!(liar.line().starts_with("* that name is not allowed"));
     liar.say("still a guest");
-    assert_eq!(json_client.recv()["user"], "guest-3");
+    assert_eq!(json_client.recv()["user"], format!("guest-{}", first + 2));
 
     // The rate limit is the same: a burst of 25 lines delivers 10.
     let mut eager = TextClient::connect(&server);

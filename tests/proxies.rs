@@ -138,6 +138,19 @@ fn a_metrics_address_serves_the_operators_and_the_public_port_does_not() {
     }
     assert_eq!(http_get(server.addr, "/").0, 200);
     assert_eq!(http_get(server.addr, "/health").0, 200);
+    // Not counted against the caps: with the public port full, it still answers.
+    let full = ServerProcess::start(&[
+        "--metrics-address",
+        "127.0.0.1:0",
+        "--max-conns",
+        "1",
+        "--max-conns-per-ip",
+        "1",
+    ]);
+    let (_hold, status) = upgrade_with(&full, b"", "");
+    assert_eq!(status, 101);
+    assert_eq!(http_get(full.addr, "/health").0, 503);
+    assert_eq!(http_get(full.metrics.expect("metrics"), "/metrics").0, 200);
     // Without the flag, the public port serves /metrics.
     let plain = ServerProcess::start(&[]);
     assert_eq!(http_get(plain.addr, "/metrics").0, 200);

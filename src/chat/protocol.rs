@@ -266,11 +266,16 @@ pub fn text_literal(text: &str) -> Box<RawValue> {
 }
 
 /// `name: text`, what a plain-text client receives for a chat (the relayed
-/// JSON frame's payload, read once per chat); None if it is not a chat.
+/// JSON frame's payload, read once per chat), on one line; None if it is
+/// not a chat.
 pub fn plain_line(chat_payload: &[u8]) -> Option<Vec<u8>> {
     // The relayed chat's own reader, then its text as a string.
     let chat: Relayed<'_> = serde_json::from_slice(chat_payload).ok()?;
     let text: Cow<'_, str> = serde_json::from_str(chat.text.get()).ok()?;
+    // One line, nothing that drives a terminal: control and format
+    // characters (line breaks, escapes, bidi overrides) shown as U+FFFD, as
+    // chat-client does (names cannot hold them).
+    let text = unicode::shown(&text);
     Some(frame::server_frame(
         OpCode::Text,
         &[chat.user.as_bytes(), b": ", text.as_bytes()],

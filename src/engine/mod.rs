@@ -213,7 +213,10 @@ impl Engine {
                 .map(|instance| Cluster::new(instance, &options.epoch)),
             waiting: HashMap::new(),
             plain_members: 0,
-            next_guest: 0,
+            // Guest numbers start at a random thousand, so instances sharing
+            // a room through Redis rarely give the same name.
+            next_guest: u64::from_str_radix(options.epoch.get(..3).unwrap_or("0"), 16).unwrap_or(0)
+                * 1000,
             epoch: options.epoch.into(),
             config,
             max_conns: options.max_conns,
@@ -263,31 +266,33 @@ impl Engine {
     /// From a `--trusted-proxy`, the per-address count waits for the
     /// client's address (`client_address`).
     pub fn handle_accept(&mut self, peer: IpAddr, now: u64) -> usize {
+        self.accept_conn(peer, false, now)
+    }
+
+    /// A connection on `--metrics-address`: it may ask for `/metrics`,
+    /// `/stats` and `/health` only, and is not counted against the caps,
+    /// so operators see the server when the public port is full.
+    pub fn handle_accept_private(&mut self, peer: IpAddr, now: u64) -> usize {
+        self.accept_conn(peer, true, now)
+    }
+
+    fn accept_conn(&mut self, peer: IpAddr, private: bool, now: u64) -> usize {
         let key = self.conns.insert(Connection::new(self.next_id, now));
         self.next_id = self.next_id.wrapping_add(1);
         self.stats.connections_total += 1;
         self.stats.peak_connections = self.stats.peak_connections.max(self.conns.len() as u64);
         self.set_timer(key, now + self.config.handshake_timeout_ms);
         let via_proxy = self.trusted.iter().any(|block| block.contains(peer));
-        if let Some(Phase::Handshaking { via_proxy: v, .. }) =
-            self.conns.get_mut(key).map(|c| &mut c.phase)
-        {
-            *v = via_proxy;
-        }
-        if self.conns.len() > self.max_conns {
-            self.reject(key, Reject::Unavailable, false, now);
-        } else if !via_proxy {
-            self.client_address(key, peer, now);
-        }
-        key
-    }
-
-    /// A connection on `--metrics-address`: it may ask for `/metrics`,
-    /// `/stats` and `/health` only.
-    pub fn handle_accept_private(&mut self, peer: IpAddr, now: u64) -> usize {
-        let key = self.handle_accept(peer, now);
         if let Some(conn) = self.conns.get_mut(key) {
-            conn.private = true;
+            conn.private = private;
+            if let Phase::Handshaking { via_proxy: v, .. } = &mut conn.phase {
+                *v = via_proxy && !private;
+            }
+        }
+        if !private && self.conns.len() > self.max_conns {
+            self.reject(key, Reject::Unavailable, false, now);
+        } else if !private && !via_proxy {
+            self.client_address(key, peer, now);
         }
         key
     }

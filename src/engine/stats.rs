@@ -328,7 +328,7 @@ impl Counters {
         };
         gauge(
             &mut out,
-            "connections",
+            "open_connections",
             "Connections open now",
             &live.connections.to_string(),
         );

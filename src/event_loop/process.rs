@@ -40,7 +40,10 @@ mod tests {
             std::hint::black_box(spin.elapsed());
         }
         let p = super::sample(7.0);
-        assert!(p.resident_bytes > 1 << 20 && p.resident_bytes < 1 << 34, "{p:?}");
+        assert!(
+            p.resident_bytes > 1 << 20 && p.resident_bytes < 1 << 34,
+            "{p:?}"
+        );
         assert!(p.cpu_seconds > before, "{p:?}");
         assert!(p.open_fds >= 3 && p.start_time_seconds == 7.0, "{p:?}");
     }

@@ -29,7 +29,14 @@ impl Cidr {
                 _ => return Err(format!("{text}: the prefix must be 0 to {most}")),
             },
         };
-        Ok(Self { addr, prefix })
+        // `::ffff:a.b.c.d/104` is the IPv4 block a.b.c.d/8: peers are compared as IPv4.
+        match addr.to_canonical() {
+            IpAddr::V4(v4) if addr.is_ipv6() && prefix >= 96 => Ok(Self {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            }),
+            _ => Ok(Self { addr, prefix }),
+        }
     }
 
     /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as IPv4).
@@ -116,7 +123,7 @@ fn v1(bytes: &[u8]) -> ProxyHeader {
             if src.is_ipv4() != v4 || dst.is_ipv4() != v4 || !port(sport) || !port(dport) {
                 return ProxyHeader::Bad;
             }
-            Some(src)
+            Some(src.to_canonical())
         }
         _ => return ProxyHeader::Bad,
     };
@@ -151,7 +158,7 @@ fn v2(bytes: &[u8]) -> ProxyHeader {
         }
         (1, 2) if addresses.len() >= 36 => {
             let octets: [u8; 16] = addresses[..16].try_into().unwrap_or_default();
-            Some(IpAddr::V6(Ipv6Addr::from(octets)))
+            Some(IpAddr::V6(Ipv6Addr::from(octets)).to_canonical())
         }
         // UNSPEC or a UNIX socket: no address to take.
         (1, 0 | 3) => None,
@@ -168,7 +175,13 @@ pub fn forwarded_for(headers: &[httparse::Header<'_>]) -> Option<IpAddr> {
         .rfind(|h| h.name.eq_ignore_ascii_case("X-Forwarded-For"))?
         .value;
     let last = std::str::from_utf8(value).ok()?.rsplit(',').next()?.trim();
-    last.parse().ok()
+    // `1.2.3.4:5678` and `[2001:db8::1]:5678` (some proxies add the port).
+    let bare = match last.strip_prefix('[') {
+        Some(rest) => rest.split(']').next()?,
+        None if last.matches(':').count() == 1 => last.split(':').next()?,
+        None => last,
+    };
+    bare.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -190,6 +203,16 @@ mod tests {
         assert!(Cidr::parse("::/0").unwrap().contains(ip("2001:db8::1")));
         assert!(!Cidr::parse("::/0").unwrap().contains(ip("1.2.3.4")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("1.2.3.4")));
+        assert!(
+            Cidr::parse("::ffff:127.0.0.0/104")
+                .unwrap()
+                .contains(ip("127.9.9.9"))
+        );
+        assert!(
+            Cidr::parse("::ffff:0:0/96")
+                .unwrap()
+                .contains(ip("10.0.0.1"))
+        );
         for bad in [
             "10.0.0.0/33",
             "::1/129",
@@ -306,6 +329,11 @@ mod tests {
             },
         ];
         assert_eq!(forwarded_for(&headers), Some(ip("192.0.2.44")));
+        let ported = [httparse::Header {
+            name: "X-Forwarded-For",
+            value: b"192.0.2.1:5555, [2001:db8::1]:80",
+        }];
+        assert_eq!(forwarded_for(&ported), Some(ip("2001:db8::1")));
         let junk = [httparse::Header {
             name: "X-Forwarded-For",
             value: b"1.2.3.4, unknown",

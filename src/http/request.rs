@@ -196,7 +196,10 @@ pub fn parse(buf: &[u8], origins: &Origins) -> Result<Option<Request>, Reject> {
             Err(Reject::MethodNotAllowed)
         }
         // An upgrade on `/` is a plain-text client (`websocat ws://host/`).
-        "/" if !head_only && has_token(req.headers, "Upgrade", "websocket") => {
+        "/" if !head_only
+            && has_token(req.headers, "Upgrade", "websocket")
+            && has_token(req.headers, "Connection", "upgrade") =>
+        {
             upgrade(version, req.headers, origins, true)
         }
         "/" => Ok(Route::Page),
@@ -315,6 +318,23 @@ impl HeadReader {
     }
 }
 
+/// Whether `key` is base64 of exactly 16 bytes (RFC 6455 §4.1): 22 symbols,
+/// the last carrying 2 bits (so its low 4 are zero), then `==`.
+fn is_key(key: &[u8]) -> bool {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|&c| value(c).is_some())
+        && value(key[21]).is_some_and(|v| v & 0x0f == 0)
+}
+
 /// RFC 6455 §4.2.1: the checks a WebSocket opening handshake must pass.
 fn upgrade(
     version: u8,
@@ -337,7 +357,7 @@ fn upgrade(
         return Err(Reject::BadRequest);
     }
     let key = single("Sec-WebSocket-Key")?;
-    if BASE64.decode(key).map_or(true, |k| k.len() != 16) {
+    if !is_key(key) {
         return Err(Reject::BadRequest);
     }
     // Browsers always send Origin, and a cross-site page cannot forge it. A
@@ -431,6 +451,25 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(request.answer, Err(Reject::BadRequest));
+    }
+
+    #[test]
+    fn a_key_is_base64_of_16_bytes_exactly() {
+        use base64::Engine;
+        for n in 0..40 {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + n) as u8).collect();
+            let key = BASE64.encode(&bytes);
+            assert_eq!(is_key(key.as_bytes()), n == 16, "{key}");
+        }
+        // Non-zero trailing bits, a symbol outside the alphabet, padding inside.
+        for bad in [
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZ-==",
+            "dGhlIHNhbXBsZSBub2=jZQ==",
+        ] {
+            assert!(!is_key(bad.as_bytes()), "{bad}");
+        }
+        assert!(is_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
     }
 
     #[test]

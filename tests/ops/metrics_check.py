@@ -85,8 +85,8 @@ try:
     for name, expected in want.items():
         assert value(name) == expected, (name, value(name), expected)
     # This request's own connection is open too.
-    assert value(f"{p}_connections") == 3, value(f"{p}_connections")
-    assert value(f"{p}_connections") <= value(f"{p}_peak_connections")
+    assert value(f"{p}_open_connections") == 3, value(f"{p}_open_connections")
+    assert value(f"{p}_open_connections") <= value(f"{p}_peak_connections")
     assert families[f"{p}_room_info"].samples[0].labels["order"] == "local"
     assert value("process_resident_memory_bytes") > 1 << 20
     assert 5 <= value("process_open_fds") < 100
@@ -98,7 +98,7 @@ try:
         stats = json.load(response)
     for key, v in stats.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and key not in ("ignored_total",):
-            name = {"active_connections": "connections"}.get(key, key)
+            name = {"active_connections": "open_connections"}.get(key, key)
             name = name[: -len("_total")] if name.endswith("_total") else name
             assert f"{p}_{name}" in families, f"/stats {key} is not in /metrics"
     # The public port does not serve it.
