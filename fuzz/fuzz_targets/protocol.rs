@@ -1,12 +1,14 @@
 //! Arbitrary text as a chat message: never a panic; whatever the server sends
 //! back is one well-formed text frame of JSON, and a relayed chat always
-//! carries the sender's joined name.
+//! carries the sender's joined name. The same text from a plain-text client
+//! (a chat or a /nick), and the same bytes as a PROXY protocol header.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use websocket_public_chat::chat::protocol;
 use websocket_public_chat::chat::session::{ChatState, Member, Outcome};
+use websocket_public_chat::http::proxy;
 use websocket_public_chat::websocket::frame::{self, OpCode, Role};
 
 const NAME: &str = "fuzz \"er\" ✓";
@@ -29,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
     member.member = Some(Member {
         user: protocol::name_literal(NAME),
         index: 0,
+        waiting: false,
         watching: None,
     });
     match member.on_text(text, 0, 1) {
@@ -50,5 +53,46 @@ fuzz_target!(|data: &[u8]| {
             assert!(protocol::valid_name(&name));
         }
         _ => {}
+    }
+    // A plain-text client: its message is a chat (JSON out, its text as
+    // sent) or a name; never a join, a reply or anything else.
+    let mut plain = ChatState::plain(0, 4096);
+    plain.member = Some(Member {
+        user: protocol::name_literal(NAME),
+        index: 0,
+        waiting: false,
+        watching: None,
+    });
+    match plain.on_text(text, 0, 1) {
+        Outcome::Relay(frame) => {
+            let chat = json_payload(&frame);
+            let sent = text.strip_suffix('\n').unwrap_or(text);
+            assert_eq!(chat["text"], sent.strip_suffix('\r').unwrap_or(sent));
+            // What plain-text clients are sent: one line, nothing hidden.
+            let header = frame::parse_header(&frame, Role::Client).ok().flatten();
+            let line = header.and_then(|(_, len)| protocol::plain_line(&frame[len..]));
+            if let Some(line) = line {
+                let (_, len) = frame::parse_header(&line, Role::Client)
+                    .ok()
+                    .flatten()
+                    .expect("a line is one frame");
+                let shown = std::str::from_utf8(&line[len..]).expect("a line is UTF-8");
+                assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown:?}");
+            }
+        }
+        Outcome::Rename(user) => {
+            let name: String = serde_json::from_str(&user).expect("name literal is a JSON string");
+            assert!(protocol::valid_name(&name));
+        }
+        Outcome::RateLimited | Outcome::Ignored(_) => {}
+        other => panic!("a plain-text message gave {other:?}"),
+    }
+    // The PROXY protocol reader: never longer than the input, the same answer
+    // with more bytes behind a complete header.
+    if let proxy::ProxyHeader::Present { len, .. } = proxy::proxy_header(data) {
+        assert!(len <= data.len());
+        let mut more = data.to_vec();
+        more.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        assert!(matches!(proxy::proxy_header(&more), proxy::ProxyHeader::Present { len: l, .. } if l == len));
     }
 });
