@@ -108,8 +108,13 @@ impl Drop for Redis {
 /// `n` instances sharing `redis`, each linked to it.
 fn instances(redis: &Redis, n: usize) -> Vec<ServerProcess> {
     wait_listening(redis.port);
+    linked(&redis.url(), n, &[])
+}
+
+/// `n` instances with `--redis url` and `extra` flags, once each is linked.
+fn linked(url: &str, n: usize, extra: &[&str]) -> Vec<ServerProcess> {
     let servers: Vec<ServerProcess> = (0..n)
-        .map(|_| ServerProcess::start(&["--redis", &redis.url()]))
+        .map(|_| ServerProcess::start(&[&["--redis", url], extra].concat()))
         .collect();
     for server in &servers {
         wait_backplane(server, "up");
@@ -384,10 +389,9 @@ fn hostile_room_keys_neither_stall_the_room_nor_reach_clients() {
     let redis = Redis::start(None);
     wait_listening(redis.port);
     // A long stream, so what follows is not trimmed away before it is read.
-    let a = ServerProcess::start(&["--redis", &redis.url(), "--history", "2000"]);
-    let b = ServerProcess::start(&["--redis", &redis.url(), "--history", "2000"]);
-    wait_backplane(&a, "up");
-    wait_backplane(&b, "up");
+    let [a, b] = <[ServerProcess; 2]>::try_from(linked(&redis.url(), 2, &["--history", "2000"]))
+        .ok()
+        .unwrap();
     let mut alice = Client::joined(&a, "alice");
     let mut bob = Client::joined(&b, "bob");
     alice.send(chat("one"));
@@ -729,10 +733,9 @@ fn a_redis_gone_silent_is_noticed_and_the_link_comes_back() {
     wait_listening(redis.port);
     let proxy = FreezingProxy::start(redis.port);
     let proxied = format!("redis://127.0.0.1:{}/", proxy.port);
-    let a = ServerProcess::start(&["--redis", &proxied]);
-    let b = ServerProcess::start(&["--redis", &proxied]);
-    wait_backplane(&a, "up");
-    wait_backplane(&b, "up");
+    let [a, b] = <[ServerProcess; 2]>::try_from(linked(&proxied, 2, &[]))
+        .ok()
+        .unwrap();
     let mut alice = Client::joined(&a, "alice");
     let mut bob = Client::joined(&b, "bob");
     alice.send(chat("before"));

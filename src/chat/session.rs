@@ -88,11 +88,6 @@ impl ChatState {
         }
     }
 
-    /// Whether this is a plain-text connection.
-    pub fn is_plain(&self) -> bool {
-        self.plain.is_some()
-    }
-
     /// A plain-text message: `/nick NAME` if it is the first, else a chat
     /// (one trailing line break dropped), under the same rate limit, size
     /// limit and name rules as JSON clients.

@@ -196,8 +196,17 @@ const GAUGES: &[&str] = &["peak_connections"];
 /// Every `/metrics` name starts so.
 const P: &str = "websocket_public_chat_";
 
-/// Writes one metric: `# HELP`, `# TYPE` and its sample (`name` after `prefix`).
-fn metric(out: &mut String, prefix: &str, name: &str, kind: &str, help: &str, value: &str) {
+/// Writes one metric: `# HELP`, `# TYPE` and its sample (`name` after
+/// `prefix`; `labels` is `{k="v",...}` or empty).
+fn metric(
+    out: &mut String,
+    prefix: &str,
+    name: &str,
+    kind: &str,
+    help: &str,
+    labels: &str,
+    value: &str,
+) {
     for part in [
         "# HELP ",
         prefix,
@@ -212,6 +221,7 @@ fn metric(out: &mut String, prefix: &str, name: &str, kind: &str, help: &str, va
         "\n",
         prefix,
         name,
+        labels,
         " ",
         value,
         "\n",
@@ -324,7 +334,7 @@ impl Counters {
     ) -> Vec<u8> {
         let mut out = String::with_capacity(8 << 10);
         let gauge = |out: &mut String, name: &str, help: &str, value: &str| {
-            metric(out, P, name, "gauge", help, value);
+            metric(out, P, name, "gauge", help, "", value);
         };
         gauge(
             &mut out,
@@ -355,11 +365,9 @@ impl Counters {
             "room_info",
             "gauge",
             "The room's epoch and who orders it",
+            &room,
             "1",
         );
-        out.truncate(out.len() - 3);
-        out.push_str(&room);
-        out.push_str(" 1\n");
         // The counters as `/stats` writes them: a flat object of whole numbers.
         let json = serde_json::to_string(self).unwrap_or_default();
         for pair in json.trim_matches(|c| c == '{' || c == '}').split(',') {
@@ -378,6 +386,7 @@ impl Counters {
                         &format!("{name}_total"),
                         "counter",
                         help,
+                        "",
                         value,
                     );
                 }
@@ -385,19 +394,16 @@ impl Counters {
         }
         if let Some(b) = backplane {
             let up = |state: &str| if state == "up" { "1" } else { "0" };
+            let instance = format!("{{instance_id=\"{}\"}}", label(&b.instance_id));
             metric(
                 &mut out,
                 P,
                 "backplane_info",
                 "gauge",
                 "This instance's id on the Redis backplane",
+                &instance,
                 "1",
             );
-            out.truncate(out.len() - 3);
-            out.push_str(&format!(
-                "{{instance_id=\"{}\"}} 1\n",
-                label(&b.instance_id)
-            ));
             gauge(
                 &mut out,
                 "backplane_up",
@@ -467,7 +473,7 @@ impl Counters {
                 ),
             ] {
                 let name = format!("backplane_{name}_total");
-                metric(&mut out, P, &name, "counter", help, &value.to_string());
+                metric(&mut out, P, &name, "counter", help, "", &value.to_string());
             }
         }
         for (name, kind, help, value) in [
@@ -496,7 +502,7 @@ impl Counters {
                 process.open_fds.to_string(),
             ),
         ] {
-            metric(&mut out, "process_", name, kind, help, &value);
+            metric(&mut out, "process_", name, kind, help, "", &value);
         }
         out.into_bytes()
     }
