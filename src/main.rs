@@ -16,11 +16,11 @@ fn main() -> ExitCode {
         }
     };
     let fd_limit = sys::raise_fd_limit();
-    let (host, port, echo) = (config.host.clone(), config.port, config.echo);
+    let echo = config.echo;
     let server = match Server::bind(config, fd_limit) {
         Ok(server) => server,
-        Err(e) => {
-            eprintln!("websocket-public-chat: cannot start on {host}:{port}: {e}");
+        Err(line) => {
+            eprintln!("websocket-public-chat: {line}");
             return ExitCode::FAILURE;
         }
     };

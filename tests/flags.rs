@@ -73,3 +73,37 @@ fn the_edges_of_each_range_are_accepted() {
     raw.send_frame(FIN | PING, b"x");
     assert_eq!(raw.read_frame(), Some((FIN | PONG, b"x".to_vec())));
 }
+
+#[test]
+fn an_address_that_cannot_be_bound_is_named() {
+    // A port that is taken, for the public listener and for --metrics-address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let busy = taken.local_addr().expect("its address").to_string();
+    let port = busy.rsplit(':').next().expect("a port").to_string();
+    let cases: [(&[&str], String); 2] = [
+        (
+            &["--port", "0", "--metrics-address", &busy],
+            format!("cannot start on {busy} (--metrics-address): "),
+        ),
+        (
+            &["--port", &port],
+            format!("cannot start on 127.0.0.1:{port}: "),
+        ),
+    ];
+    for (args, said) in cases {
+        let output = Command::new(server_binary())
+            .args(["--host", "127.0.0.1"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the server");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(
+            stderr.starts_with(&format!("websocket-public-chat: {said}")),
+            "{args:?}: {stderr:?}"
+        );
+        assert!(output.stdout.is_empty(), "{args:?} listened");
+    }
+}

@@ -155,3 +155,49 @@ fn a_metrics_address_serves_the_operators_and_the_public_port_does_not() {
     let plain = ServerProcess::start(&[]);
     assert_eq!(http_get(plain.addr, "/metrics").0, 200);
 }
+
+#[test]
+fn an_ipv4_mapped_peer_counts_as_its_ipv4_address() {
+    // A listener on an IPv4-mapped address sees IPv4 peers as ::ffff:a.b.c.d.
+    let server = ServerProcess::start(&[
+        "--host",
+        "::ffff:127.0.0.1",
+        "--trusted-proxy",
+        "127.0.0.2",
+        "--max-conns-per-ip",
+        "2",
+    ]);
+    let port = server.addr.port();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let upgrade = |from: &str, extra: &str| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let source: std::net::SocketAddr = format!("{from}:0").parse().expect("source");
+        socket.bind(&source.into()).expect("bind");
+        socket.connect(&target.into()).expect("connect");
+        let mut stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream
+            .write_all(upgrade_request(extra).as_bytes())
+            .expect("send");
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).expect("status line");
+        let status: u16 = String::from_utf8_lossy(&head[9..12])
+            .parse()
+            .expect("status");
+        (stream, status)
+    };
+    // Two direct connections from 127.0.0.1 (seen as ::ffff:127.0.0.1)...
+    let (_a, status) = upgrade("127.0.0.1", "");
+    assert_eq!(status, 101);
+    let (_b, status) = upgrade("127.0.0.1", "");
+    assert_eq!(status, 101);
+    // ...are the same address as 127.0.0.1 named by the proxy: it is full.
+    let (_, status) = upgrade("127.0.0.2", "X-Forwarded-For: 127.0.0.1\r\n");
+    assert_eq!(status, 429);
+    let (_, status) = upgrade("127.0.0.2", "X-Forwarded-For: ::ffff:127.0.0.1\r\n");
+    assert_eq!(status, 429);
+    // Another client behind the proxy is counted apart.
+    let (_c, status) = upgrade("127.0.0.2", "X-Forwarded-For: 127.0.0.3\r\n");
+    assert_eq!(status, 101);
+}

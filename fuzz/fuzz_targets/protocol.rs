@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     member.member = Some(Member {
         user: protocol::name_literal(NAME),
         index: 0,
-        waiting: false,
+        catching_up: false,
         watching: None,
     });
     match member.on_text(text, 0, 1) {
@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     plain.member = Some(Member {
         user: protocol::name_literal(NAME),
         index: 0,
-        waiting: false,
+        catching_up: false,
         watching: None,
     });
     match plain.on_text(text, 0, 1) {

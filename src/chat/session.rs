@@ -11,11 +11,11 @@ use crate::chat::rate_limit::TokenBucket;
 pub struct Member {
     /// The joined name as a JSON string literal, stamped on every chat it sends.
     pub user: Box<str>,
-    /// Its position in `Room::members` (unless `waiting`).
+    /// Its position in `Room::members` (unless `catching_up`).
     pub index: usize,
-    /// Waiting for its history from Redis: not in the room yet, its live
-    /// chats held (`Engine::waiting`).
-    pub waiting: bool,
+    /// Being sent the chats its join asked for (`engine::catch_up`): not in
+    /// the room until `joined` goes out.
+    pub catching_up: bool,
     /// If it asked for the online count: its position in the list of those
     /// who did, and the count it was last sent.
     pub watching: Option<(usize, usize)>,
@@ -170,7 +170,7 @@ mod tests {
         chat.member = Some(Member {
             user,
             index: 0,
-            waiting: false,
+            catching_up: false,
             watching: None,
         });
         chat
@@ -239,7 +239,7 @@ mod tests {
         chat.member = Some(Member {
             user: name,
             index: 0,
-            waiting: false,
+            catching_up: false,
             watching: None,
         });
         // Only the first message names: later, `/nick` is said in the room.

@@ -12,13 +12,9 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use super::outbox::FRAME_COST;
 use super::{Action, Engine};
-use crate::chat::protocol::{self, Catchup};
+use crate::chat::protocol;
 
-/// How long a join waits for its history from Redis before it is answered
-/// from this instance's ring instead (`recovered: false`).
-const WAIT_MS: u64 = 3_000;
 /// Unpublished chats remembered in case Redis took them after all.
 const MAYBE_PUBLISHED: usize = 64;
 
@@ -63,33 +59,6 @@ impl Cluster {
     pub fn order(&self) -> &'static str {
         if self.ordered { "redis" } else { "local" }
     }
-}
-
-/// A join waiting for its history from Redis. Live chats relayed meanwhile
-/// are held (shared frames, with their ids) and merged after the replay.
-#[derive(Debug)]
-pub struct Waiting {
-    conn: u32,
-    /// When it is answered from the ring instead.
-    pub deadline: u64,
-    asked: Catchup,
-    read: Read,
-    held: Vec<(u64, Rc<[u8]>)>,
-    /// What the held chats and the answer cost, as a queue would charge them.
-    pub held_cost: usize,
-    /// The stream's answer, kept until this instance's subscription has
-    /// relayed the newest chat it read (else that chat would come again live).
-    answer: Option<Answer>,
-}
-
-/// A history read turned into the frames the joiner will get.
-#[derive(Debug)]
-struct Answer {
-    /// The newest id in the room when Redis read it.
-    last: u64,
-    frames: Vec<(u64, Rc<[u8]>)>,
-    /// It holds every chat asked for.
-    complete: bool,
 }
 
 /// Who sent a chat that went through Redis: the instance, the connection on
@@ -142,22 +111,23 @@ impl Origin {
     }
 }
 
-/// What to read from the stream for a join.
+/// What a catch-up reads from the stream: the chats with ids after `after`
+/// and up to `upto`, oldest first, as many as half of `--max-backlog` holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Read {
-    /// Every chat after this id (at most `--history` of them, the newest).
-    Since(u64),
-    /// The most recent chats, at most this many.
-    Recent(u64),
+pub struct Read {
+    pub after: u64,
+    pub upto: u64,
 }
 
 /// A read of the stream: the room's epoch and newest id when it was read,
-/// and the chats (id, origin's JSON of the chat), oldest first.
+/// and the chats (id, the publisher's JSON of the chat), oldest first.
 #[derive(Debug, Default)]
 pub struct Stream {
     pub epoch: Box<str>,
     pub last: u64,
     pub chats: Vec<(u64, Vec<u8>)>,
+    /// The read's byte budget ended it: chats of the range may follow.
+    pub cut: bool,
 }
 
 /// A message from the backplane's threads, in the order they sent it.
@@ -191,15 +161,9 @@ pub enum FromCluster {
     History {
         key: usize,
         conn: u32,
+        read: Read,
         stream: Option<Stream>,
     },
-}
-
-impl Waiting {
-    /// The id of the connection that waits.
-    pub fn conn(&self) -> u32 {
-        self.conn
-    }
 }
 
 impl Engine {
@@ -250,13 +214,12 @@ impl Engine {
                 cluster.publisher_up = up;
                 self.reorder(false);
             }
-            FromCluster::Chat { id, origin, json } => {
-                self.remote_chat(id, origin, &json, now);
-                self.finish_caught_up();
-            }
+            FromCluster::Chat { id, origin, json } => self.remote_chat(id, origin, &json, now),
             FromCluster::Position { last } => {
                 cluster.redis_last = cluster.redis_last.max(last);
-                self.finish_caught_up();
+                if cluster.ordered {
+                    self.passed_over(last);
+                }
             }
             FromCluster::Unpublished {
                 origin,
@@ -282,7 +245,12 @@ impl Engine {
                     None => self.stats.backplane_rejected += 1,
                 }
             }
-            FromCluster::History { key, conn, stream } => self.answered(key, conn, stream),
+            FromCluster::History {
+                key,
+                conn,
+                read,
+                stream,
+            } => self.catch_up_read(key, conn, read, stream, now),
         }
     }
 
@@ -290,9 +258,8 @@ impl Engine {
     /// the ring restarted at its newest id. This instance: an epoch of its
     /// own for this outage, ids going on from the last. Every member is told
     /// the new epoch (a `joined`, `recovered: false`), so a recovery never
-    /// mixes the ids of two orders. A join still waiting for the stream
-    /// across a change is answered from the ring now (its read belongs to
-    /// the old order).
+    /// mixes the ids of two orders; a catch-up under way ends with that
+    /// `joined` (what it was sent belongs to the old order).
     fn reorder(&mut self, epoch_changed: bool) {
         let Some(c) = self.cluster.as_mut() else {
             return;
@@ -319,10 +286,7 @@ impl Engine {
                     self.queue(key, Rc::clone(&joined));
                 }
             }
-            let keys: Vec<usize> = self.waiting.keys().copied().collect();
-            for key in keys {
-                self.finish_waiting(key, false);
-            }
+            self.end_catch_ups();
         }
     }
 
@@ -358,7 +322,22 @@ impl Engine {
         let sender = self.origin_key(origin);
         match protocol::relayed_chat_frame(json, self.config.max_message_size, id) {
             Some(frame) => self.relay(sender, id, frame.into(), now),
-            None => self.stats.backplane_rejected += 1,
+            None => {
+                self.stats.backplane_rejected += 1;
+                if self.cluster.as_ref().is_some_and(|c| c.ordered) {
+                    self.passed_over(id);
+                }
+            }
+        }
+    }
+
+    /// Redis's ids up to `id` were passed over without a chat (not valid,
+    /// or not chats): the ring starts again after them, so what it holds is
+    /// always every chat of a run of ids, and a catch-up across them reads
+    /// the stream (which says what is missing).
+    fn passed_over(&mut self, id: u64) {
+        if id > self.history.last() {
+            self.history.restart(id);
         }
     }
 
@@ -367,192 +346,6 @@ impl Engine {
         let key = origin.key as usize;
         let here = self.cluster.as_ref()?.instance == origin.instance;
         (here && self.conns.get(key)?.id == origin.conn).then_some(key)
-    }
-
-    /// A join asking for history while Redis orders the room: asks the
-    /// backplane to read the stream and holds the member's live chats until
-    /// the answer (or `WAIT_MS`).
-    pub(super) fn start_waiting(&mut self, key: usize, catchup: &Catchup, now: u64) {
-        let Some(conn) = self.conns.get(key) else {
-            return;
-        };
-        let most = self.config.history as u64;
-        let read = match &catchup.since {
-            // Ids another instance gave are ids here too: the stream decides.
-            Some((seen, epoch)) if **epoch == *self.epoch => Read::Since(*seen),
-            // Another epoch: the history is gone; the most recent instead.
-            _ => Read::Recent(catchup.history.map_or(most, |k| k.min(most))),
-        };
-        let (conn, deadline) = (conn.id, now + WAIT_MS);
-        self.waiting.insert(
-            key,
-            Waiting {
-                conn,
-                deadline,
-                asked: catchup.clone(),
-                read,
-                held: Vec::new(),
-                held_cost: 0,
-                answer: None,
-            },
-        );
-        self.stats.history_reads += 1;
-        self.actions
-            .push_back(Action::ReadHistory { key, conn, read });
-        if self.conns.get(key).is_some_and(|c| deadline < c.timer_at) {
-            self.set_timer(key, deadline);
-        }
-    }
-
-    /// Holds a relayed chat for every join waiting for the stream (after the
-    /// room got it). A join whose held chats and answer pass half of
-    /// `--max-backlog` stops waiting: it is answered with what it has.
-    pub(super) fn hold(&mut self, sender: Option<usize>, id: u64, frame: &Rc<[u8]>) {
-        let limit = self.config.max_backlog / 2;
-        let mut over = Vec::new();
-        for (&key, waiting) in &mut self.waiting {
-            if Some(key) == sender {
-                continue;
-            }
-            waiting.held_cost += frame.len() + FRAME_COST;
-            waiting.held.push((id, Rc::clone(frame)));
-            if waiting.held_cost > limit {
-                over.push(key);
-            }
-        }
-        for key in over {
-            self.finish_waiting(key, true);
-        }
-    }
-
-    /// The backplane's answer to a history read: the join gets it once this
-    /// instance has relayed the newest chat the read saw (at once, mostly:
-    /// the subscription is rarely behind a read).
-    fn answered(&mut self, key: usize, conn: u32, stream: Option<Stream>) {
-        let Some(waiting) = self.waiting.get(&key).filter(|w| w.conn == conn) else {
-            return;
-        };
-        let (read, recovery) = (waiting.read, waiting.asked.since.is_some());
-        let answer = stream
-            .filter(|s| *s.epoch == *self.epoch)
-            .map(|s| self.answer(s, read, recovery));
-        let here = self.cluster.as_ref().map_or(0, |c| c.redis_last);
-        let Some(waiting) = self.waiting.get_mut(&key) else {
-            return;
-        };
-        let mut wait = answer.as_ref().is_some_and(|a| a.last > here);
-        if let Some(answer) = &answer {
-            waiting.held_cost += answer
-                .frames
-                .iter()
-                .map(|(_, f)| f.len() + FRAME_COST)
-                .sum::<usize>();
-        }
-        waiting.answer = answer;
-        wait &= waiting.held_cost <= self.config.max_backlog / 2;
-        if !wait {
-            self.finish_waiting(key, true);
-        }
-    }
-
-    /// The stream's chats as frames, the newest that fit in half the backlog
-    /// (as a replay from the ring), and whether they are all that was asked.
-    fn answer(&mut self, stream: Stream, read: Read, recovery: bool) -> Answer {
-        let count = stream.chats.len() as u64;
-        let mut complete = match read {
-            Read::Since(seen) => seen <= stream.last && count == stream.last - seen,
-            // Asked for `since` but read the most recent: the epoch was another.
-            Read::Recent(k) => !recovery && count >= k.min(stream.last),
-        };
-        let budget = self.config.max_backlog / 2;
-        let mut spent = 0;
-        let mut frames = Vec::with_capacity(stream.chats.len());
-        for (id, json) in stream.chats.iter().rev() {
-            // The ring holds what this instance relayed in Redis's order: the
-            // same chats, made into frames and checked once already.
-            let frame = match self.history.get(*id) {
-                Some(kept) => Rc::clone(kept),
-                None => match protocol::relayed_chat_frame(json, self.config.max_message_size, *id)
-                {
-                    Some(frame) => Rc::from(frame),
-                    None => {
-                        self.stats.backplane_rejected += 1;
-                        complete = false;
-                        continue;
-                    }
-                },
-            };
-            spent += frame.len() + FRAME_COST;
-            if spent > budget {
-                complete = false;
-                break;
-            }
-            frames.push((*id, frame));
-        }
-        frames.reverse();
-        Answer {
-            last: stream.last,
-            frames,
-            complete,
-        }
-    }
-
-    /// Answers the waiting joins whose read this instance has caught up with.
-    fn finish_caught_up(&mut self) {
-        if self.waiting.is_empty() {
-            return;
-        }
-        let here = self.cluster.as_ref().map_or(0, |c| c.redis_last);
-        let ready: Vec<usize> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| w.answer.as_ref().is_some_and(|a| a.last <= here))
-            .map(|(&key, _)| key)
-            .collect();
-        for key in ready {
-            self.finish_waiting(key, true);
-        }
-    }
-
-    /// Answers a waiting join, with the stream's answer if it came and
-    /// `use_answer`: the chats it read that were relayed here, `joined`,
-    /// then the held chats newer than those (none twice, none missing;
-    /// newer ones the read saw come live). Else from this instance's ring,
-    /// `recovered: false`. Then it is in the room.
-    pub(super) fn finish_waiting(&mut self, key: usize, use_answer: bool) {
-        let Some(mut waiting) = self.waiting.remove(&key) else {
-            return;
-        };
-        let recovery = waiting.asked.since.is_some();
-        match waiting.answer.take().filter(|_| use_answer) {
-            Some(answer) => {
-                let here = self.cluster.as_ref().map_or(0, |c| c.redis_last);
-                let upto = answer.last.min(here);
-                let frames: Vec<Rc<[u8]>> = answer
-                    .frames
-                    .into_iter()
-                    .filter(|(id, _)| *id <= upto)
-                    .map(|(_, frame)| frame)
-                    .collect();
-                self.replay(key, &frames, answer.complete, upto, recovery);
-                for (id, frame) in waiting.held {
-                    if id > upto {
-                        self.queue(key, frame);
-                    }
-                }
-            }
-            None => {
-                self.stats.history_fallbacks += 1;
-                // The ring has every chat relayed here, the held ones too.
-                let (chats, _) = self.local_history(&waiting.asked);
-                self.replay(key, &chats, false, self.history.last(), recovery);
-            }
-        }
-        let index = self.room.join(key);
-        if let Some(member) = self.member_mut(key) {
-            member.index = index;
-            member.waiting = false;
-        }
     }
 }
 

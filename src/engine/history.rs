@@ -25,15 +25,6 @@ pub struct History {
     max_cost: usize,
 }
 
-/// What a client that knew the room up to some chat can be given.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Since<'a> {
-    /// Every chat after it, oldest first (perhaps none).
-    All(Vec<&'a Rc<[u8]>>),
-    /// Some chats after it are gone; these are what is kept after it.
-    Gap(Vec<&'a Rc<[u8]>>),
-}
-
 impl History {
     /// An empty history keeping at most `max_chats` chats and `max_bytes` of them.
     pub fn new(max_chats: usize, max_bytes: usize) -> Self {
@@ -91,50 +82,15 @@ impl History {
         self.last = last;
     }
 
-    /// The `count` most recent chats kept, oldest first.
-    pub fn recent(&self, count: usize) -> Vec<&Rc<[u8]>> {
-        let skip = self.chats.len().saturating_sub(count);
-        self.chats.iter().skip(skip).collect()
-    }
-
-    /// The chats after id `seen`, at most the newest `limit` of them, and
-    /// whether that is all of them (else a gap: some are gone or left out).
-    pub fn since(&self, seen: u64, limit: usize) -> Since<'_> {
-        let first_kept = self.last + 1 - self.chats.len() as u64;
-        let after = if seen + 1 >= first_kept {
-            (seen + 1 - first_kept) as usize
-        } else {
-            0
-        };
-        let skip = after.max(self.chats.len().saturating_sub(limit));
-        let chats = self.chats.iter().skip(skip).collect();
-        if seen + 1 >= first_kept && skip == after {
-            Since::All(chats)
-        } else {
-            Since::Gap(chats)
-        }
+    /// The id of the oldest chat kept (`last` + 1 when none is).
+    pub fn first_kept(&self) -> u64 {
+        self.last + 1 - self.chats.len() as u64
     }
 
     /// Chat `id`'s frame, if it is kept.
     pub fn get(&self, id: u64) -> Option<&Rc<[u8]>> {
-        let first_kept = self.last + 1 - self.chats.len() as u64;
-        let at = id.checked_sub(first_kept)?;
+        let at = id.checked_sub(self.first_kept())?;
         self.chats.get(usize::try_from(at).ok()?)
-    }
-
-    /// Chats kept.
-    pub fn len(&self) -> usize {
-        self.chats.len()
-    }
-
-    /// Whether no chat is kept.
-    pub fn is_empty(&self) -> bool {
-        self.chats.is_empty()
-    }
-
-    /// What the chats kept cost in memory, by the `--history-bytes` count.
-    pub fn cost(&self) -> usize {
-        self.cost
     }
 }
 
@@ -148,10 +104,13 @@ mod tests {
         bytes.into()
     }
 
-    fn ids(chats: &[&Rc<[u8]>]) -> Vec<u64> {
-        chats
-            .iter()
-            .map(|c| u64::from_be_bytes(c[..8].try_into().unwrap()))
+    /// The ids of the chats kept, read back through `get` (each frame starts with its id).
+    fn kept(h: &History) -> Vec<u64> {
+        (h.first_kept()..=h.last())
+            .map(|id| {
+                let frame = h.get(id).expect("kept");
+                u64::from_be_bytes(frame[..8].try_into().unwrap())
+            })
             .collect()
     }
 
@@ -163,43 +122,22 @@ mod tests {
             assert_eq!(h.next_id(), n);
             h.record(n, chat(n, 100));
         }
-        assert_eq!((h.last(), h.len()), (10, 3));
-        assert_eq!(ids(&h.recent(2)), [9, 10]);
-        assert_eq!(ids(&h.recent(100)), [8, 9, 10]);
+        assert_eq!((h.last(), h.first_kept()), (10, 8));
+        assert_eq!(kept(&h), [8, 9, 10]);
+        assert!(h.get(7).is_none() && h.get(11).is_none() && h.get(0).is_none());
         // The byte bound: five chats of 100 bytes fit; a bigger one pushes out three.
         let mut h = History::new(100, 5 * (100 + FRAME_COST));
         for n in 1..=20 {
             h.record(n, chat(n, 100));
         }
-        assert_eq!(ids(&h.recent(100)), [16, 17, 18, 19, 20]);
+        assert_eq!(kept(&h), [16, 17, 18, 19, 20]);
         h.record(21, chat(21, 3 * (100 + FRAME_COST) - FRAME_COST));
-        assert_eq!(ids(&h.recent(100)), [19, 20, 21]);
-        assert_eq!(h.cost(), 5 * (100 + FRAME_COST));
+        assert_eq!(kept(&h), [19, 20, 21]);
+        assert_eq!(h.cost, 5 * (100 + FRAME_COST));
         // One that could never fit empties the ring: nothing before it can follow it.
         h.record(22, chat(22, 6 * (100 + FRAME_COST)));
-        assert_eq!((h.len(), h.last()), (0, 22));
-    }
-
-    #[test]
-    fn since_tells_a_full_recovery_from_a_gap() {
-        let mut h = History::new(4, usize::MAX);
-        assert_eq!(h.since(0, usize::MAX), Since::All(vec![]));
-        for n in 1..=10 {
-            h.record(n, chat(n, 8));
-        }
-        // Kept: 7..=10.
-        let all = |s: Since<'_>| match s {
-            Since::All(c) => Ok(ids(&c)),
-            Since::Gap(c) => Err(ids(&c)),
-        };
-        assert_eq!(all(h.since(10, usize::MAX)), Ok(vec![]));
-        assert_eq!(all(h.since(8, usize::MAX)), Ok(vec![9, 10]));
-        assert_eq!(all(h.since(6, usize::MAX)), Ok(vec![7, 8, 9, 10]));
-        assert_eq!(all(h.since(5, usize::MAX)), Err(vec![7, 8, 9, 10]));
-        assert_eq!(all(h.since(0, usize::MAX)), Err(vec![7, 8, 9, 10]));
-        // A limit keeps the newest, and what it leaves out is a gap.
-        assert_eq!(all(h.since(6, 2)), Err(vec![9, 10]));
-        assert_eq!(all(h.since(8, 2)), Ok(vec![9, 10]));
+        assert_eq!((h.first_kept(), h.last()), (23, 22));
+        assert!(kept(&h).is_empty());
     }
 
     #[test]
@@ -207,9 +145,8 @@ mod tests {
         let mut h = History::new(0, usize::MAX);
         h.record(1, chat(1, 8));
         h.record(2, chat(2, 8));
-        assert_eq!((h.last(), h.len(), h.next_id()), (2, 0, 3));
-        assert_eq!(h.since(2, usize::MAX), Since::All(vec![]));
-        assert!(matches!(h.since(1, usize::MAX), Since::Gap(c) if c.is_empty()));
+        assert_eq!((h.last(), h.first_kept(), h.next_id()), (2, 3, 3));
+        assert!(h.get(2).is_none());
     }
 
     #[test]
@@ -220,10 +157,9 @@ mod tests {
         }
         // Redis's ids, after some this ring never saw: no gap is ever inside it.
         h.record(7, chat(7, 8));
-        assert_eq!((h.last(), ids(&h.recent(10))), (7, vec![7]));
-        assert!(matches!(h.since(3, usize::MAX), Since::Gap(_)));
-        assert_eq!(h.since(6, usize::MAX), Since::All(h.recent(10)));
+        assert_eq!((h.last(), kept(&h)), (7, vec![7]));
+        assert!(h.get(3).is_none());
         h.restart(40);
-        assert_eq!((h.last(), h.len(), h.next_id()), (40, 0, 41));
+        assert_eq!((h.last(), h.first_kept(), h.next_id()), (40, 41, 41));
     }
 }

@@ -24,8 +24,11 @@ impl IpLimit {
         }
     }
 
-    /// Counts connection `key` from `ip`; `false`, counting nothing, if `ip` is at the limit.
+    /// Counts connection `key` from `ip`; `false`, counting nothing, if `ip`
+    /// is at the limit. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a
+    /// dual-stack listener sees IPv4 peers) counts as its IPv4 address.
     pub fn admit(&mut self, key: usize, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         let count = self.counts.entry(ip).or_insert(0);
         if *count >= self.max {
             return false;
@@ -62,6 +65,8 @@ mod tests {
         assert!(limit.admit(2, a));
         assert!(!limit.admit(3, a));
         assert!(limit.admit(3, b));
+        // The IPv4-mapped form of `a` is `a`.
+        assert!(!limit.admit(5, "::ffff:127.0.0.1".parse().unwrap()));
         limit.release(3); // b's, not a refused one
         limit.release(9); // never admitted
         assert!(!limit.admit(4, a));

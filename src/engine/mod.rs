@@ -18,6 +18,7 @@
 //! same key. A key is freed only when the driver takes its `Close` action,
 //! so it cannot be reused while the driver still holds the old socket.
 
+pub mod catch_up;
 pub mod close_cause;
 pub mod cluster;
 pub mod connection;
@@ -28,7 +29,7 @@ pub mod room;
 pub mod stats;
 pub mod timer_wheel;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::IoSlice;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -40,13 +41,13 @@ use crate::chat::session::{ChatState, Member, Outcome};
 use crate::config::Config;
 use crate::http::proxy::{self, Cidr, ProxyHeader};
 use crate::http::{Head, MAX_HEAD, Origins, Reject, Route, response};
-use crate::websocket::close;
 use crate::websocket::frame::{self, OpCode, Role};
 use crate::websocket::message::{Event, Limits, MessageReader};
+use catch_up::CatchUp;
 use close_cause::{After, CloseCause};
-use cluster::{Cluster, Origin, Read, Waiting};
+use cluster::{Cluster, Origin, Read};
 use connection::{Connection, Phase};
-use history::{History, Since};
+use history::History;
 use ip_limit::IpLimit;
 use outbox::FRAME_COST;
 use room::Room;
@@ -66,7 +67,7 @@ const REPLY_COST_PER_BYTE: usize = 11;
 /// Bytes a relayed chat's frame may have beyond the message its sender sent:
 /// the frame header, the envelope, the id and the name (64 characters of
 /// at most 4 bytes, quoted).
-const MAX_CHAT_OVERHEAD: usize = 512;
+pub const MAX_CHAT_OVERHEAD: usize = 512;
 /// How long we wait for the peer's close frame after sending ours.
 const CLOSE_WAIT_MS: u64 = 2_000;
 /// How long a draining connection may wait for the peer's FIN.
@@ -132,9 +133,12 @@ pub struct Engine {
     max_conns: usize,
     /// With `--redis`: the backplane's state, and who orders the room.
     cluster: Option<Cluster>,
-    /// Joins waiting for their history from Redis, by key (live chats are
-    /// held for them meanwhile; they are not in `room` yet).
-    waiting: HashMap<usize, Waiting>,
+    /// Members being sent the chats their join asked for, by key (not in
+    /// `room` until their `joined`). Ordered, so a run replays exactly.
+    catching_up: BTreeMap<usize, CatchUp>,
+    /// Catch-ups waiting for the subscription to relay the id their client
+    /// saw on another instance (fed after each relay while any wait).
+    awaiting: usize,
     /// Members that are plain-text clients (relay makes their line only if any).
     plain_members: usize,
     /// The last `guest-N` given to a plain-text client.
@@ -211,7 +215,8 @@ impl Engine {
             cluster: options
                 .instance
                 .map(|instance| Cluster::new(instance, &options.epoch)),
-            waiting: HashMap::new(),
+            catching_up: BTreeMap::new(),
+            awaiting: 0,
             plain_members: 0,
             // Guest numbers start at a random thousand, so instances sharing
             // a room through Redis rarely give the same name.
@@ -412,8 +417,9 @@ impl Engine {
         }
     }
 
-    /// A flush ended: everything was written, or the socket is full.
-    pub fn handle_flushed(&mut self, key: usize) {
+    /// A flush ended at `now`: everything was written, or the socket is full.
+    /// A member catching up gets its next chats once its queue drains.
+    pub fn handle_flushed(&mut self, key: usize, now: u64) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -431,6 +437,9 @@ impl Engine {
             }
             Phase::Abandoned => self.drop_conn(key),
             _ => {}
+        }
+        if self.catching_up.contains_key(&key) {
+            self.feed(key, now);
         }
     }
 
@@ -512,6 +521,11 @@ impl Engine {
             .summary(now.saturating_sub(self.started) as f64 / 1000.0)
     }
 
+    /// What `key`'s queue is charged against `--max-backlog`.
+    pub fn backlog(&self, key: usize) -> usize {
+        self.conns.get(key).map_or(0, |c| c.outbox.cost())
+    }
+
     /// Connections the engine holds.
     pub fn connections(&self) -> usize {
         self.conns.len()
@@ -522,16 +536,19 @@ impl Engine {
         self.max_conns
     }
 
-    /// Whether the connection is in the room.
+    /// Whether the connection is in the room (joined, and not catching up).
     pub fn is_member(&self, key: usize) -> bool {
-        self.conns
-            .get(key)
-            .is_some_and(|c| matches!(&c.phase, Phase::Open { chat, .. } if chat.member.is_some()))
+        self.member(key).is_some_and(|m| !m.catching_up)
+    }
+
+    /// Whether the connection has joined (in the room, or catching up):
+    /// what presence counts.
+    pub fn is_joined(&self, key: usize) -> bool {
+        self.member(key).is_some()
     }
 
     /// What the engine holds in memory for one connection: the struct, its
-    /// queue as charged, its reader's buffers, any request head, and the
-    /// chats held for it while it waits for its history from Redis.
+    /// queue as charged, its reader's buffers and any request head.
     pub fn memory(&self, key: usize) -> usize {
         let Some(conn) = self.conns.get(key) else {
             return 0;
@@ -541,8 +558,7 @@ impl Engine {
             Phase::Open { reader, .. } | Phase::Closing { reader } => reader.buffered(),
             _ => 0,
         };
-        let held = self.waiting.get(&key).map_or(0, |w| w.held_cost);
-        std::mem::size_of::<Connection>() + conn.outbox.cost() + buffered + held
+        std::mem::size_of::<Connection>() + conn.outbox.cost() + buffered
     }
 
     /// The most `memory` may ever say for one connection: `--max-backlog`,
@@ -551,23 +567,20 @@ impl Engine {
     /// One read adds at most: the replies to the frames that came behind the
     /// request head (that read takes up to `MAX_HEAD` + 1 bytes), or to the
     /// `MIN_READ` bytes read close to the limit, or the reply to a message
-    /// that read completed (at most `--max-message-size`). With Redis, a
-    /// join waiting for its history holds up to half the backlog
-    /// (and one chat more) besides.
+    /// that read completed (at most `--max-message-size`). A catch-up
+    /// queues chats while its queue is under half the backlog (so one chat
+    /// past it), and a read from Redis adds at most the other half (or one
+    /// chat, if a single one is larger): one chat past the limit.
     pub fn memory_bound(&self) -> usize {
         let max_message = self.config.max_message_size;
         let one_reply = (max_message + frame::MAX_SERVER_HEADER + FRAME_COST)
             .max((MAX_HEAD + 1).max(MIN_READ) * REPLY_COST_PER_BYTE);
         let one_chat = max_message + MAX_CHAT_OVERHEAD + FRAME_COST;
-        let held = match self.cluster {
-            Some(_) => self.config.max_backlog / 2 + one_chat,
-            None => 0,
-        };
         std::mem::size_of::<Connection>()
             + self.config.max_backlog
             + one_reply
             + 2 * max_message
-            + held
+            + one_chat
             + 1024
     }
 
@@ -596,9 +609,13 @@ impl Engine {
             if let Phase::Open { chat, .. } = &conn.phase
                 && let Some(member) = &chat.member
             {
-                if member.waiting {
-                    if self.waiting.get(&key).is_none_or(|w| w.conn() != conn.id) {
-                        return Err(format!("member {key} waits, but not in the waiting list"));
+                if member.catching_up {
+                    if self
+                        .catching_up
+                        .get(&key)
+                        .is_none_or(|c| c.conn() != conn.id)
+                    {
+                        return Err(format!("member {key} catches up, but is not listed"));
                     }
                     continue;
                 }
@@ -624,10 +641,17 @@ impl Engine {
                 self.room.len()
             ));
         }
-        for &key in self.waiting.keys() {
-            if !self.member(key).is_some_and(|m| m.waiting) {
-                return Err(format!("{key} in the waiting list is not a waiting member"));
+        for &key in self.catching_up.keys() {
+            if !self.member(key).is_some_and(|m| m.catching_up) {
+                return Err(format!("{key} is listed as catching up, but is not"));
             }
+        }
+        let awaiting = self.catching_up.values().filter(|c| c.awaits()).count();
+        if awaiting != self.awaiting {
+            return Err(format!(
+                "{awaiting} catch-ups await, {} counted",
+                self.awaiting
+            ));
         }
         let refused = self.stats.refused_max_conns + self.stats.refused_per_ip;
         if self.stats.websocket_upgrades + refused > self.stats.connections_total {
@@ -920,25 +944,11 @@ impl Engine {
         ) {
             return;
         }
-        // With Redis ordering the room, the history comes from its stream:
-        // the member waits outside the room, its live chats held, until the
-        // read answers (`finish_waiting`).
-        let waits = catchup.asked() && self.cluster.as_ref().is_some_and(|c| c.ordered);
-        if waits {
-            self.start_waiting(key, catchup, now);
-        } else if catchup.asked() {
-            // Before membership, so no live chat can come between the replay and `joined`.
-            let (chats, complete) = self.local_history(catchup);
-            self.replay(
-                key,
-                &chats,
-                complete,
-                self.history.last(),
-                catchup.since.is_some(),
-            );
-        }
-        let index = if waits { 0 } else { self.room.join(key) };
-        let online = self.online();
+        // A join that asked for chats catches up outside the room first
+        // (`catch_up`): nothing live comes between its replay and `joined`.
+        let catching_up = catchup.asked();
+        let index = if catching_up { 0 } else { self.room.join(key) };
+        let online = self.online() + usize::from(catching_up);
         let plain = self.conns.get(key).is_some_and(|c| c.plain);
         let Some(chat) = self.conns.get_mut(key).and_then(Connection::chat_mut) else {
             return;
@@ -947,12 +957,15 @@ impl Engine {
         chat.member = Some(Member {
             user,
             index,
-            waiting: waits,
+            catching_up,
             watching,
         });
         self.stats.joins += 1;
         self.plain_members += usize::from(plain);
         self.presence_pending = !self.watchers.is_empty();
+        if catching_up {
+            self.start_catch_up(key, catchup, now);
+        }
         if presence {
             // The newcomer learns the count at once; the others at the next presence tick.
             self.stats.presence_sent += 1;
@@ -960,84 +973,9 @@ impl Engine {
         }
     }
 
-    /// Members: those in the room and those waiting for their history.
+    /// Members: those in the room and those catching up.
     fn online(&self) -> usize {
-        self.room.len() + self.waiting.len()
-    }
-
-    /// The chats a join asked for, from this instance's ring, oldest first,
-    /// and whether that is all it asked for.
-    fn local_history(&self, catchup: &Catchup) -> (Vec<Rc<[u8]>>, bool) {
-        let most = self.config.history as u64;
-        let asked = catchup.history.map_or(most, |k| k.min(most));
-        // No replay holds more (each chat costs at least `FRAME_COST` of
-        // half the backlog): a long ring is not walked for chats never sent.
-        let limit = self.config.max_backlog / 2 / FRAME_COST;
-        let recent = || self.history.recent((asked as usize).min(limit));
-        let (chats, complete) = match &catchup.since {
-            Some((seen, epoch)) if **epoch == *self.epoch && *seen <= self.history.last() => {
-                match self.history.since(*seen, limit) {
-                    Since::All(chats) => (chats, true),
-                    Since::Gap(chats) => (chats, false),
-                }
-            }
-            // An id this epoch never gave: nothing is after it.
-            Some((_, epoch)) if **epoch == *self.epoch => (Vec::new(), false),
-            // Another epoch (the server restarted): what is kept is all there is to offer.
-            Some(_) => (recent(), false),
-            None => {
-                let chats = recent();
-                // Complete if nothing asked for (up to `--history`) is gone;
-                // a young room has fewer.
-                let complete = chats.len() as u64 >= asked.min(self.history.last());
-                (chats, complete)
-            }
-        };
-        (chats.into_iter().cloned().collect(), complete)
-    }
-
-    /// Sends a joining connection the chats its join asked for, oldest first,
-    /// then `joined` with the epoch, `last` (the newest id) and whether that
-    /// is all it asked for. The frames are shared (reference counts, no
-    /// copy), charged to the connection's queue like any other; a replay
-    /// takes at most half of `--max-backlog`, newest first, so it cannot
-    /// make the joiner a slow consumer by itself (what does not fit is a
-    /// gap, and the recovery is incomplete).
-    fn replay(
-        &mut self,
-        key: usize,
-        chats: &[Rc<[u8]>],
-        mut complete: bool,
-        last: u64,
-        recovery: bool,
-    ) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let budget = (self.config.max_backlog / 2).saturating_sub(conn.outbox.cost());
-        let mut spent = 0;
-        let fit = chats
-            .iter()
-            .rev()
-            .take_while(|chat| {
-                spent += chat.len() + FRAME_COST;
-                spent <= budget
-            })
-            .count();
-        complete &= fit == chats.len();
-        for chat in &chats[chats.len() - fit..] {
-            conn.outbox.push(Rc::clone(chat));
-        }
-        self.stats.history_joins += 1;
-        self.stats.history_chats_sent += fit as u64;
-        if recovery {
-            *match complete {
-                true => &mut self.stats.recoveries_complete,
-                false => &mut self.stats.recoveries_incomplete,
-            } += 1;
-        }
-        let joined = protocol::joined_frame(&self.epoch, last, complete);
-        self.queue(key, joined.into());
+        self.room.len() + self.catching_up.len()
     }
 
     /// Takes a member out of the room and the watchers; only `transition` calls it.
@@ -1045,8 +983,8 @@ impl Engine {
         if self.conns.get(key).is_some_and(|c| c.plain) {
             self.plain_members -= 1;
         }
-        if member.waiting {
-            self.waiting.remove(&key);
+        if member.catching_up {
+            self.drop_catch_up(key);
         } else if let Some(moved) = self.room.leave(key, member.index)
             && let Some(m) = self.member_mut(moved)
         {
@@ -1148,9 +1086,9 @@ impl Engine {
             delivered += 1;
         }
         self.stats.deliveries += delivered;
-        // Joins waiting for their history from Redis get it after the replay.
-        if !self.waiting.is_empty() {
-            self.hold(sender, id, &frame);
+        // A catch-up waiting for the id its client saw elsewhere may finish now.
+        if self.awaiting > 0 {
+            self.feed_awaiting(now);
         }
         while let Some(key) = self.slow.pop() {
             self.close(key, CloseCause::SlowConsumer, now);
@@ -1237,7 +1175,10 @@ impl Engine {
         let open = matches!(conn.phase, Phase::Open { .. });
         if open {
             *cause.counter(&mut self.stats) += 1;
-            self.queue(key, close::frame(cause.code(), cause.reason()).into());
+            self.queue(
+                key,
+                frame::server_close(cause.code(), cause.reason()).into(),
+            );
         }
         match cause.after() {
             After::AwaitPeerClose if open => {
@@ -1308,6 +1249,14 @@ impl Engine {
 
     // ---- Timers ----------------------------------------------------------
 
+    /// Brings `key`'s timer forward to `at` if it is due later (the
+    /// keepalive check sets it again from there).
+    fn wake_at(&mut self, key: usize, at: u64) {
+        if self.conns.get(key).is_some_and(|c| at < c.timer_at) {
+            self.set_timer(key, at);
+        }
+    }
+
     fn set_timer(&mut self, key: usize, at: u64) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.timer_at = at;
@@ -1366,10 +1315,8 @@ impl Engine {
     /// Pings a connection we have not heard from in `--ping-interval`; closes
     /// one silent for `--pong-timeout`. Also frees an idle connection's queue.
     fn keepalive(&mut self, key: usize, now: u64) {
-        // The same timer serves a join waiting too long for Redis.
-        if self.waiting.get(&key).is_some_and(|w| now >= w.deadline) {
-            self.finish_waiting(key, true);
-        }
+        // The same timer serves a catch-up waiting too long for Redis.
+        self.catch_up_timeout(key, now);
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -1385,8 +1332,8 @@ impl Engine {
         } else {
             last_heard + self.config.ping_interval_ms
         };
-        let waiting_until = self.waiting.get(&key).map_or(u64::MAX, |w| w.deadline);
-        self.set_timer(key, next.min(waiting_until));
+        let catch_up = self.catching_up.get(&key).and_then(|c| c.deadline);
+        self.set_timer(key, next.min(catch_up.unwrap_or(u64::MAX)));
     }
 }
 
@@ -1423,7 +1370,7 @@ fn react(
         // Echo the peer's code (RFC 6455 §5.5.1); a close without one is answered without one.
         Event::Close(peer) => Reaction::PeerClosed {
             reply: Some(match peer {
-                Some(peer) => close::frame(peer.code, ""),
+                Some(peer) => frame::server_close(peer.code, ""),
                 None => frame::server_frame(OpCode::Close, &[]),
             }),
         },

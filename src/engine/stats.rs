@@ -368,6 +368,15 @@ impl Counters {
             &room,
             "1",
         );
+        metric(
+            &mut out,
+            P,
+            "ignored_total",
+            "counter",
+            "Messages ignored, for any reason (the sum of the ignored_* counters)",
+            "",
+            &self.ignored_total().to_string(),
+        );
         // The counters as `/stats` writes them: a flat object of whole numbers.
         let json = serde_json::to_string(self).unwrap_or_default();
         for pair in json.trim_matches(|c| c == '{' || c == '}').split(',') {

@@ -82,7 +82,7 @@ impl Driver {
                     .for_each(|s| out.extend_from_slice(s));
                 self.engine.handle_written(key, n);
             }
-            self.engine.handle_flushed(key);
+            self.engine.handle_flushed(key, self.now);
         }
         while let Some(action) = self.engine.poll_action() {
             match action {
@@ -454,27 +454,27 @@ impl Driver {
         self.turn();
     }
 
-    /// The stream's answer to `key`'s read: Redis at `last` in epoch "E",
-    /// with chats `ids` (from another instance).
-    fn answer_read(
-        &mut self,
-        key: usize,
-        conn: u32,
-        last: u64,
-        ids: std::ops::RangeInclusive<u64>,
-    ) {
-        let chat = |id: u64| {
-            let json = format!(r#"{{"type":"chat","room":"public","user":"x","text":"{id}"}}"#);
-            (id, json.into_bytes())
+    /// The stream's answer to the read `key` asked for: Redis at `last` in
+    /// epoch "E", with chats `ids` (from another instance, their text the id
+    /// and `pad` spaces); `cut`: the read's budget ended it.
+    fn answer_read(&mut self, key: usize, last: u64, ids: &[u64], pad: usize, cut: bool) {
+        let at = self.reads.iter().position(|r| r.0 == key).expect("a read");
+        let (_, conn, read) = self.reads.remove(at);
+        let chat = |id: &u64| {
+            let text = format!("{id}{}", " ".repeat(pad));
+            let json = format!(r#"{{"type":"chat","room":"public","user":"x","text":"{text}"}}"#);
+            (*id, json.into_bytes())
         };
         let stream = Stream {
             epoch: "E".into(),
             last,
-            chats: ids.map(chat).collect(),
+            chats: ids.iter().map(chat).collect(),
+            cut,
         };
         let answer = FromCluster::History {
             key,
             conn,
+            read,
             stream: Some(stream),
         };
         self.engine.handle_cluster(answer, self.now);
@@ -542,7 +542,7 @@ fn with_redis_ordering_a_chat_is_relayed_when_it_comes_back() {
 }
 
 #[test]
-fn a_join_waits_for_the_stream_and_gets_each_chat_once() {
+fn a_recovery_older_than_the_ring_is_read_from_the_stream_and_joined_to_it() {
     let mut d = Driver::new(&[]);
     d.redis_up("E", 10);
     let watcher = d.joined("w");
@@ -551,15 +551,17 @@ fn a_join_waits_for_the_stream_and_gets_each_chat_once() {
         key,
         r#"{"type":"join","user":"back","since":7,"epoch":"E"}"#,
     );
-    let (read_key, conn, read) = d.reads.pop().expect("a history read");
-    assert_eq!((read_key, read), (key, Read::Since(7)));
-    // While the read is out, live chats are held for the joiner.
+    // The ring starts at Redis's 10: 8..=10 are read from the stream.
+    assert_eq!(
+        d.reads.last().map(|r| r.2),
+        Some(Read { after: 7, upto: 10 })
+    );
+    // While the read is out, live chats go into the ring, not to the joiner.
     d.deliver_from_redis(11, ELSEWHERE, "x", "eleven");
     d.deliver_from_redis(12, ELSEWHERE, "x", "twelve");
     assert_eq!(d.texts(watcher).len(), 2);
     assert!(d.texts(key).is_empty());
-    // The read saw up to 11: 8..=11 replayed, `joined`, then 12 only once.
-    d.answer_read(key, conn, 11, 8..=11);
+    d.answer_read(key, 12, &[8, 9, 10], 0, false);
     assert_eq!(
         ids_and_types(&d.texts(key)),
         [
@@ -567,70 +569,124 @@ fn a_join_waits_for_the_stream_and_gets_each_chat_once() {
             "chat 9",
             "chat 10",
             "chat 11",
-            "joined 11 true",
-            "chat 12"
+            "chat 12",
+            "joined 12 true"
         ]
     );
-    // A member now: the next chat comes live.
+    // A member now: the next chat comes live, once.
     d.deliver_from_redis(13, ELSEWHERE, "x", "thirteen");
     assert_eq!(ids_and_types(&d.texts(key)), ["chat 13"]);
     assert_eq!(d.engine.stats().recoveries_complete, 1);
 }
 
 #[test]
-fn a_read_ahead_of_the_subscription_waits_for_it() {
+fn a_cluster_instance_answers_from_its_ring_when_it_holds_the_range() {
     let mut d = Driver::new(&[]);
-    d.redis_up("E", 10);
+    d.redis_up("E", 0);
+    for id in 1..=5 {
+        d.deliver_from_redis(id, ELSEWHERE, "x", "chat");
+    }
     let key = d.open();
     d.text(
         key,
-        r#"{"type":"join","user":"back","since":9,"epoch":"E"}"#,
+        r#"{"type":"join","user":"back","since":2,"epoch":"E"}"#,
     );
-    let (_, conn, _) = d.reads.pop().expect("a history read");
-    // Redis has 11 and 12, but this instance's subscription has not relayed them yet.
-    d.answer_read(key, conn, 12, 10..=12);
-    assert!(d.texts(key).is_empty());
-    d.deliver_from_redis(11, ELSEWHERE, "x", "eleven");
-    assert!(d.texts(key).is_empty());
-    d.deliver_from_redis(12, ELSEWHERE, "x", "twelve");
-    d.deliver_from_redis(13, ELSEWHERE, "x", "thirteen");
+    assert!(d.reads.is_empty());
     assert_eq!(
         ids_and_types(&d.texts(key)),
-        ["chat 10", "chat 11", "chat 12", "joined 12 true", "chat 13"]
+        ["chat 3", "chat 4", "chat 5", "joined 5 true"]
+    );
+    let newcomer = d.open();
+    d.text(newcomer, r#"{"type":"join","user":"new","history":2}"#);
+    assert!(d.reads.is_empty());
+    assert_eq!(
+        ids_and_types(&d.texts(newcomer)),
+        ["chat 4", "chat 5", "joined 5 true"]
     );
 }
 
 #[test]
-fn a_read_that_never_answers_is_answered_from_the_ring_as_incomplete() {
+fn a_recovery_ahead_of_the_subscription_waits_for_it() {
     let mut d = Driver::new(&[]);
-    d.redis_up("E", 0);
+    d.redis_up("E", 10);
+    let key = d.open();
+    // It saw 12 on another instance; this one has relayed up to 10.
+    d.text(
+        key,
+        r#"{"type":"join","user":"back","since":12,"epoch":"E"}"#,
+    );
+    assert!(d.reads.is_empty());
+    d.deliver_from_redis(11, ELSEWHERE, "x", "eleven");
+    assert!(d.texts(key).is_empty());
+    d.deliver_from_redis(12, ELSEWHERE, "x", "twelve");
+    d.deliver_from_redis(13, ELSEWHERE, "x", "thirteen");
+    assert_eq!(ids_and_types(&d.texts(key)), ["joined 12 true", "chat 13"]);
+    // One whose subscription never gets there ends where the room is, incomplete.
+    let late = d.open();
+    d.text(
+        late,
+        r#"{"type":"join","user":"late","since":99,"epoch":"E"}"#,
+    );
+    d.advance(catch_up::WAIT_MS + 100);
+    assert_eq!(ids_and_types(&d.texts(late)), ["joined 13 false"]);
+}
+
+#[test]
+fn a_read_that_never_answers_is_a_gap_up_to_the_ring() {
+    let mut d = Driver::new(&[]);
+    d.redis_up("E", 5);
     let _a = d.joined("a");
-    d.deliver_from_redis(1, ELSEWHERE, "x", "one");
-    d.deliver_from_redis(2, ELSEWHERE, "x", "two");
     let key = d.open();
     d.text(
         key,
-        r#"{"type":"join","user":"late","since":1,"epoch":"E"}"#,
+        r#"{"type":"join","user":"late","since":2,"epoch":"E"}"#,
     );
     assert_eq!(d.reads.len(), 1);
-    d.deliver_from_redis(3, ELSEWHERE, "x", "three");
+    d.deliver_from_redis(6, ELSEWHERE, "x", "six");
     assert!(d.texts(key).is_empty());
-    d.advance(3_100);
-    assert_eq!(
-        ids_and_types(&d.texts(key)),
-        ["chat 2", "chat 3", "joined 3 false"]
-    );
+    d.advance(catch_up::WAIT_MS + 100);
+    assert_eq!(ids_and_types(&d.texts(key)), ["chat 6", "joined 6 false"]);
     // The answer that comes too late changes nothing.
-    let (_, conn, _) = d.reads.pop().expect("read");
-    let late = FromCluster::History {
-        key,
-        conn,
-        stream: None,
-    };
-    d.engine.handle_cluster(late, d.now);
-    d.turn();
+    d.answer_read(key, 6, &[3, 4, 5], 0, false);
     assert!(d.texts(key).is_empty());
     assert_eq!(d.engine.stats().history_fallbacks, 1);
+}
+
+#[test]
+fn reads_cut_by_their_budget_go_on_as_the_joiner_drains() {
+    let mut d = Driver::new(&["--max-backlog", "16384"]);
+    d.redis_up("E", 30);
+    let key = d.open();
+    d.blocked.push(key);
+    d.text(key, r#"{"type":"join","user":"new","history":30}"#);
+    assert_eq!(
+        d.reads.last().map(|r| r.2),
+        Some(Read { after: 0, upto: 30 })
+    );
+    // The first read's budget (half the backlog) ended it at 10: the next
+    // waits for the joiner's queue to drain.
+    d.answer_read(key, 30, &(1..=10).collect::<Vec<_>>(), 900, true);
+    assert!(d.engine.memory(key) <= d.engine.memory_bound());
+    assert!(d.reads.is_empty());
+    d.blocked.clear();
+    d.engine.handle_writable(key);
+    d.turn();
+    assert_eq!(
+        d.reads.last().map(|r| r.2),
+        Some(Read {
+            after: 10,
+            upto: 30
+        })
+    );
+    // The stream lost 11 and 12 (trimmed): a gap, and the rest.
+    d.answer_read(key, 30, &(13..=30).collect::<Vec<_>>(), 0, false);
+    let got = ids_and_types(&d.texts(key));
+    let want: Vec<String> = (1..=10)
+        .chain(13..=30)
+        .map(|id| format!("chat {id}"))
+        .chain(["joined 30 false".to_string()])
+        .collect();
+    assert_eq!(got, want);
 }
 
 #[test]
@@ -682,4 +738,105 @@ fn without_redis_the_instance_orders_its_own_chats_under_its_own_epoch() {
     d.engine.handle_cluster(unpublished, d.now);
     d.turn();
     assert_eq!(ids_and_types(&d.texts(a)), ["chat 7"]);
+}
+
+#[test]
+fn a_replay_past_half_the_backlog_is_fed_as_the_joiner_drains() {
+    let mut d = Driver::new(&["--max-backlog", "16384"]);
+    let talker = d.joined("talker");
+    let say = |d: &mut Driver, i: u32| {
+        d.now += 100;
+        let text = "x".repeat(1000);
+        d.text(
+            talker,
+            &format!(r#"{{"type":"chat","text":"{text}","ts":{i}}}"#),
+        );
+    };
+    // 40 chats of 1 KB: more than the whole backlog of a client.
+    for i in 0..40 {
+        say(&mut d, i);
+    }
+    let key = d.open();
+    d.blocked.push(key);
+    d.text(
+        key,
+        r#"{"type":"join","user":"back","since":0,"epoch":"test-epoch"}"#,
+    );
+    let queued = |d: &Driver| d.engine.memory(key) - std::mem::size_of::<Connection>();
+    let most = 16384 / 2 + 1100 + FRAME_COST;
+    assert!(queued(&d) <= most, "{}", queued(&d));
+    assert!(!d.engine.is_member(key) && d.engine.is_joined(key));
+    // The room goes on while it is stalled: into the ring, not its queue.
+    for i in 40..45 {
+        say(&mut d, i);
+    }
+    assert!(queued(&d) <= most, "{}", queued(&d));
+    assert_eq!(d.engine.stats().slow_consumer_closes, 0);
+    // It reads again: everything, each once, then `joined`, then live.
+    d.blocked.clear();
+    d.engine.handle_writable(key);
+    d.turn();
+    let want: Vec<String> = (1..=45)
+        .map(|id| format!("chat {id}"))
+        .chain(["joined 45 true".to_string()])
+        .collect();
+    assert_eq!(ids_and_types(&d.texts(key)), want);
+    say(&mut d, 45);
+    assert_eq!(ids_and_types(&d.texts(key)), ["chat 46"]);
+    assert_eq!(d.engine.stats().recoveries_complete, 1);
+}
+
+#[test]
+fn a_member_gone_without_a_close_is_out_of_the_next_relay() {
+    for reset in [false, true] {
+        let mut d = Driver::new(&[]);
+        let (a, gone, c) = (d.joined("a"), d.joined("gone"), d.joined("c"));
+        match reset {
+            false => d.engine.handle_eof(gone),
+            true => d.engine.handle_io_error(gone),
+        }
+        d.text(a, r#"{"type":"chat","text":"after"}"#);
+        assert_eq!(ids_and_types(&d.texts(c)), ["chat 1"]);
+        assert!(d.texts(gone).is_empty());
+        assert_eq!(d.closed, [gone], "reset {reset}");
+        let stats = d.engine.stats();
+        assert_eq!((stats.deliveries, stats.dropped_without_close), (1, 1));
+        assert!(!d.engine.is_member(gone));
+    }
+}
+
+#[test]
+fn one_read_can_hold_the_upgrade_a_join_and_a_chat() {
+    let mut d = Driver::new(&[]);
+    let member = d.joined("member");
+    let key = d.engine.handle_accept(LOCAL, d.now);
+    let mut bytes = UPGRADE.to_vec();
+    bytes.extend(client_frame(
+        OpCode::Text,
+        br#"{"type":"join","user":"eager","history":5}"#,
+        [7; 4],
+    ));
+    bytes.extend(client_frame(
+        OpCode::Text,
+        br#"{"type":"chat","text":"first"}"#,
+        [7; 4],
+    ));
+    d.feed(key, &bytes);
+    let written = d.written.remove(&key).unwrap_or_default();
+    let head_end = written
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(written.starts_with(b"HTTP/1.1 101 "));
+    d.written.insert(key, written[head_end..].to_vec());
+    // Its catch-up (nothing yet), then nothing of its own chat back.
+    assert_eq!(ids_and_types(&d.texts(key)), ["joined 0 true"]);
+    let got = d.texts(member);
+    assert_eq!(ids_and_types(&got), ["chat 1"]);
+    assert_eq!(
+        (&got[0]["user"], &got[0]["text"]),
+        (&"eager".into(), &"first".into())
+    );
+    assert!(d.engine.is_member(key));
 }

@@ -61,58 +61,40 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listener and the signal handlers. `fd_limit` sets the default `--max-conns`.
-    pub fn bind(config: Config, fd_limit: u64) -> io::Result<Self> {
-        let addr = (config.host.as_str(), config.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the host resolves to no address",
-                )
-            })?;
-        let mut listener = TcpListener::bind(addr)?;
-        crate::sys::set_backlog(&listener, LISTEN_BACKLOG)?;
-        // We coalesce writes ourselves; Nagle would only delay small frames.
-        // Linux passes the option on to accepted sockets: one call instead of one per accept.
-        #[cfg(target_os = "linux")]
-        crate::sys::set_listener_nodelay(&listener)?;
-        let poll = Poll::new()?;
+    /// Binds the listeners and the signal handlers. `fd_limit` sets the
+    /// default `--max-conns`. The error is one line naming what could not
+    /// start (`cannot start on ADDR: …`).
+    pub fn bind(config: Config, fd_limit: u64) -> Result<Self, String> {
+        let public = format!("{}:{}", config.host, config.port);
+        fn on(what: &str) -> impl Fn(io::Error) -> String + '_ {
+            move |e| format!("cannot start on {what}: {e}")
+        }
+        let mut listener = listen(&public).map_err(on(&public))?;
+        let poll = Poll::new().map_err(on(&public))?;
         poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(on(&public))?;
         let metrics = match &config.metrics_address {
             Some(addr) => {
-                let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "--metrics-address resolves to no address",
-                    )
-                })?;
-                let mut metrics = TcpListener::bind(addr)?;
+                let what = format!("{addr} (--metrics-address)");
+                let mut metrics = listen(addr).map_err(on(&what))?;
                 poll.registry()
-                    .register(&mut metrics, METRICS, Interest::READABLE)?;
+                    .register(&mut metrics, METRICS, Interest::READABLE)
+                    .map_err(on(&what))?;
                 Some(metrics)
             }
             None => None,
         };
-
-        // The handler only writes a byte to this pipe; the loop sees it as readable.
-        let (read_end, write_end) = StdUnixStream::pair()?;
-        read_end.set_nonblocking(true)?;
-        write_end.set_nonblocking(true)?;
-        for signal in [SIGINT, SIGTERM] {
-            signal_hook::low_level::pipe::register(signal, write_end.try_clone()?)?;
-        }
-        let mut signals = UnixStream::from_std(read_end);
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let signals = signal_pipe(&poll).map_err(|e| format!("cannot start: signals: {e}"))?;
 
         let backplane = match &config.redis {
             Some(url) => {
-                let waker = mio::Waker::new(poll.registry(), BACKPLANE)?;
+                let waker = mio::Waker::new(poll.registry(), BACKPLANE)
+                    .map_err(|e| format!("cannot start: {e}"))?;
                 let ca = match &config.redis_ca {
-                    Some(path) => Some(std::fs::read(path)?),
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        format!("cannot start: --redis-ca {}: {e}", path.display())
+                    })?),
                     None => None,
                 };
                 let target = Target {
@@ -123,8 +105,7 @@ impl Server {
                     history: config.history,
                     read_budget: config.max_backlog / 2,
                 };
-                let started = Backplane::start(&target, waker);
-                Some(started.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+                Some(Backplane::start(&target, waker).map_err(|e| format!("cannot start: {e}"))?)
             }
             None => None,
         };
@@ -213,7 +194,7 @@ impl Server {
             self.carry_out_actions(now);
             // Last in the turn: whatever the turn queued goes out before the next poll.
             while let Some(key) = self.engine.next_dirty() {
-                self.flush(key);
+                self.flush(key, now);
             }
             self.carry_out_actions(now);
             if self.engine.is_finished(now) {
@@ -275,6 +256,7 @@ impl Server {
                         let failed = FromCluster::History {
                             key,
                             conn,
+                            read,
                             stream: None,
                         };
                         self.engine.handle_cluster(failed, now);
@@ -389,7 +371,7 @@ impl Server {
     }
 
     /// Writes what the connection has queued: one `writev` for many frames.
-    fn flush(&mut self, key: usize) {
+    fn flush(&mut self, key: usize, now: u64) {
         while let Some(socket) = self.sockets.get_mut(key).and_then(Option::as_mut) {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let count = self.engine.transmit(key, &mut slices);
@@ -404,7 +386,7 @@ impl Server {
                 Err(_) => return self.engine.handle_io_error(key),
             }
         }
-        self.engine.handle_flushed(key);
+        self.engine.handle_flushed(key, now);
     }
 
     /// Hands the engine what the backplane's threads sent: chats in Redis's
@@ -415,6 +397,36 @@ impl Server {
             backplane.drain(|message| self.engine.handle_cluster(message, now));
         }
     }
+}
+
+/// A non-blocking listener on `addr` (`host:port`, the first address it
+/// resolves to), with our accept queue and TCP_NODELAY for what it accepts.
+fn listen(addr: &str) -> io::Result<TcpListener> {
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "resolves to no address"))?;
+    let listener = TcpListener::bind(addr)?;
+    crate::sys::set_backlog(&listener, LISTEN_BACKLOG)?;
+    // We coalesce writes ourselves; Nagle would only delay small frames.
+    // Linux passes the option on to accepted sockets: one call instead of one per accept.
+    #[cfg(target_os = "linux")]
+    crate::sys::set_listener_nodelay(&listener)?;
+    Ok(listener)
+}
+
+/// SIGINT and SIGTERM as a readable pipe in `poll`: the handler only writes a byte.
+fn signal_pipe(poll: &Poll) -> io::Result<UnixStream> {
+    let (read_end, write_end) = StdUnixStream::pair()?;
+    read_end.set_nonblocking(true)?;
+    write_end.set_nonblocking(true)?;
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::low_level::pipe::register(signal, write_end.try_clone()?)?;
+    }
+    let mut signals = UnixStream::from_std(read_end);
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)?;
+    Ok(signals)
 }
 
 /// 64 random bits in hex, new at each start (std's OS-seeded hash keys, and

@@ -1,5 +1,6 @@
 //! Close codes (RFC 6455 §7.4): which a peer may send us, and which we send
-//! for each thing a peer can get wrong.
+//! for each thing a peer can get wrong. The frame layer imports these (its
+//! errors are `ProtocolError`s); nothing here imports the frame layer.
 
 /// Normal closure: `leave`, or echoing a peer's close.
 pub const NORMAL: u16 = 1000;
@@ -114,19 +115,13 @@ pub fn parse_payload(payload: &[u8]) -> Result<Option<CloseFrame<'_>>, ProtocolE
     }
 }
 
-/// A whole close frame as the server sends it.
-pub fn frame(code: u16, reason: &str) -> Vec<u8> {
-    crate::websocket::frame::server_frame(
-        crate::websocket::frame::OpCode::Close,
-        &[&payload(code, reason)],
-    )
-}
+/// Longest reason a close frame carries: a control frame's payload is at
+/// most 125 bytes (§5.5), two of them the code.
+const MAX_REASON: usize = 123;
 
 /// The payload of a close frame: code, then the reason cut to fit 125 bytes.
 pub fn payload(code: u16, reason: &str) -> Vec<u8> {
-    let mut cut = reason
-        .len()
-        .min(crate::websocket::frame::MAX_CONTROL_PAYLOAD - 2);
+    let mut cut = reason.len().min(MAX_REASON);
     while !reason.is_char_boundary(cut) {
         cut -= 1;
     }

@@ -3,7 +3,7 @@
 //! Pure code over byte slices: a header parse returns `Ok(None)` while the
 //! header is incomplete, so callers can feed bytes as they arrive.
 
-use crate::websocket::close::ProtocolError;
+use crate::websocket::close::{self, ProtocolError};
 
 /// Frame opcodes (RFC 6455 §5.2); the reserved ones are a protocol error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +176,11 @@ pub fn server_frame(opcode: OpCode, parts: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(part);
     }
     out
+}
+
+/// A whole close frame as the server sends it: `code`, then `reason` cut to fit.
+pub fn server_close(code: u16, reason: &str) -> Vec<u8> {
+    server_frame(OpCode::Close, &[&close::payload(code, reason)])
 }
 
 /// Builds one masked, unfragmented frame: what a client sends (RFC 6455 §5.3).

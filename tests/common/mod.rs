@@ -53,9 +53,13 @@ impl ServerProcess {
         Self::spawn(command)
     }
 
+    /// Runs `command` on a free port, on 127.0.0.1 unless its flags name a `--host`.
     fn spawn(mut command: Command) -> Self {
+        if !command.get_args().any(|arg| arg == "--host") {
+            command.args(["--host", "127.0.0.1"]);
+        }
         let mut child = command
-            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--port", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -78,6 +78,7 @@ try:
         f"{p}_chats_relayed": 3,
         f"{p}_deliveries": 3,
         f"{p}_ignored_malformed": 1,
+        f"{p}_ignored": 1,
         f"{p}_websocket_upgrades": 2,
         f"{p}_joined": 2,
         f"{p}_rate_limited": 0,
@@ -97,7 +98,7 @@ try:
     with urllib.request.urlopen(f"http://{metrics_addr}/stats", timeout=5) as response:
         stats = json.load(response)
     for key, v in stats.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and key not in ("ignored_total",):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
             name = {"active_connections": "open_connections"}.get(key, key)
             name = name[: -len("_total")] if name.endswith("_total") else name
             assert f"{p}_{name}" in families, f"/stats {key} is not in /metrics"

@@ -283,6 +283,15 @@ struct Client {
     shut: bool,
     /// The last flush left bytes the pipe did not take.
     blocked: bool,
+    /// While `blocked`: how many frames were queued when it blocked (frames
+    /// queued since come after them).
+    queued_when_blocked: usize,
+    /// The engine had output queued for it after the last call.
+    output_queued: bool,
+    /// When the server last read bytes from it (or accepted it).
+    heard_at: u64,
+    /// When each of its chats was relayed, for the rate limit.
+    chat_times: Vec<u64>,
     eof_delivered: bool,
 }
 
@@ -397,6 +406,9 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
         persons: Vec::new(),
         reading_from: None,
         away: Vec::new(),
+        joined: 0,
+        presence_seen: Vec::new(),
+        pong_timeout: flag(settings, "--pong-timeout").map_or(60_000, |s| (s * 1000.0) as u64),
     };
     let outcome = sim
         .steps(source, settings.steps)
@@ -409,6 +421,40 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
             events.join("\n  ")
         )
     })
+}
+
+/// The value of `name` in the settings' flags, as seconds.
+fn flag(settings: &Settings, name: &str) -> Option<f64> {
+    let at = settings.flags.iter().position(|f| f == name)?;
+    settings.flags.get(at + 1)?.parse().ok()
+}
+
+/// How many frames the engine has queued for `key`.
+fn queued_frames(engine: &Engine, key: usize) -> usize {
+    let mut few = [IoSlice::new(&[]); 32];
+    match engine.transmit(key, &mut few) {
+        count if count < few.len() => count,
+        _ => engine.transmit(key, &mut vec![IoSlice::new(&[]); 1 << 12]),
+    }
+}
+
+/// A whole pong frame as the server writes them.
+fn is_pong(frame: &[u8]) -> bool {
+    matches!(frame, [0x8A, len, ..] if usize::from(*len) + 2 == frame.len())
+}
+
+/// The count in a whole presence frame, if `frame` is one.
+fn presence_count(frame: &[u8]) -> Option<u64> {
+    let (header, len) = frame::parse_header(frame, Role::Client).ok().flatten()?;
+    let payload = frame.get(len..)?;
+    if header.opcode != OpCode::Text
+        || payload.len() as u64 != header.payload_len
+        || !payload.starts_with(br#"{"type":"presence""#)
+    {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    (json["type"] == "presence").then(|| json["online"].as_u64())?
 }
 
 struct Sim {
@@ -431,6 +477,12 @@ struct Sim {
     reading_from: Option<usize>,
     /// People whose connection dropped, who will come back.
     away: Vec<usize>,
+    /// Connections the engine counted as joined after the last call.
+    joined: usize,
+    /// The presence frames seen queued after the last call (by address).
+    presence_seen: Vec<usize>,
+    /// `--pong-timeout` in ms.
+    pong_timeout: u64,
 }
 
 /// Counters that account for a connection closed without a clean end.
@@ -491,9 +543,16 @@ impl Sim {
 
     /// After every engine call: actions, membership, invariants.
     fn after_call(&mut self) -> Result<(), String> {
+        // Whether output waits, seen before a `Close` takes the connection away.
+        for &index in self.by_key.values() {
+            let client = &mut self.clients[index];
+            let mut slot = [IoSlice::new(&[])];
+            client.output_queued = self.engine.transmit(client.key, &mut slot) > 0;
+        }
         while let Some(action) = self.engine.poll_action() {
             self.carry_out(action)?;
         }
+        self.check_queued_frames()?;
         for client in &mut self.clients {
             let member = !client.closed && self.engine.is_member(client.key);
             match (client.member_since, client.member_until, member) {
@@ -551,15 +610,20 @@ impl Sim {
                     sender: self.reading_from,
                     id: chat_id(text),
                 });
+                if let Some(index) = self.reading_from {
+                    self.check_rate(index)?;
+                }
             }
             Action::ShutdownWrite(key) => {
                 let index = self.client_of(key)?;
+                self.check_close_frame_before_fin(index, "shut its write side")?;
                 let client = &mut self.clients[index];
                 client.shut = true;
                 client.wire.borrow_mut().down.fin = true;
             }
             Action::Close(key) => {
                 let index = self.client_of(key)?;
+                self.check_close_frame_before_fin(index, "closed the socket")?;
                 self.by_key.remove(&key);
                 let client = &mut self.clients[index];
                 client.closed = true;
@@ -583,6 +647,130 @@ impl Sim {
             }
             Action::StopListening => self.listening = false,
             Action::ResumeReading(_) | Action::ResumeAccepting => {}
+        }
+        Ok(())
+    }
+
+    /// What every connection's queue holds, frame by frame, after each call:
+    /// the engine charges at least what the frames really cost (their bytes
+    /// and 64 each); on a connection whose socket is full, no two pongs wait
+    /// side by side among the frames queued since it filled (a newer one
+    /// replaces the one waiting); and a presence count queued by the call
+    /// is the number of members joined around it (one more for a join and
+    /// a leave read in one piece).
+    fn check_queued_frames(&mut self) -> Result<(), String> {
+        let joined = self
+            .by_key
+            .keys()
+            .filter(|&&key| self.engine.is_joined(key))
+            .count();
+        let around = self.joined.min(joined)..=self.joined.max(joined) + 1;
+        self.joined = joined;
+        let mut presence = Vec::new();
+        let mut many = Vec::new();
+        for (&key, &index) in &self.by_key {
+            // Most queues are short: a small array first, a large one if it fills.
+            let mut few = [IoSlice::new(&[]); 32];
+            let mut count = self.engine.transmit(key, &mut few);
+            let slices: &[IoSlice] = if count < few.len() {
+                &few
+            } else {
+                many.resize(1 << 12, IoSlice::new(&[]));
+                count = self.engine.transmit(key, &mut many);
+                &many
+            };
+            let frames = &slices[..count];
+            let client = &self.clients[index];
+            let name = &client.name;
+            let real: usize = frames.iter().map(|f| f.len() + 64).sum();
+            let charged = self.engine.backlog(key);
+            if count < slices.len() && charged < real {
+                return Err(format!(
+                    "{name}: {count} frames queued cost {real} bytes, {charged} charged"
+                ));
+            }
+            let since_full = frames
+                .get(client.queued_when_blocked.saturating_sub(1)..)
+                .unwrap_or_default();
+            if client.blocked
+                && since_full
+                    .windows(2)
+                    .any(|w| is_pong(&w[0]) && is_pong(&w[1]))
+            {
+                return Err(format!(
+                    "{name}: two pongs wait side by side on a full socket"
+                ));
+            }
+            for frame in frames {
+                let Some(online) = presence_count(frame) else {
+                    continue;
+                };
+                let at = frame.as_ptr() as usize;
+                presence.push(at);
+                if !self.presence_seen.contains(&at) && !around.contains(&(online as usize)) {
+                    return Err(format!(
+                        "{name} was told {online} online, with {around:?} joined"
+                    ));
+                }
+            }
+        }
+        self.presence_seen = presence;
+        Ok(())
+    }
+
+    /// No connection relays more than its token bucket allows: within any
+    /// span of W ms, 10 chats and one per 100 ms begun.
+    fn check_rate(&mut self, index: usize) -> Result<(), String> {
+        let now = self.now;
+        let client = &mut self.clients[index];
+        client.chat_times.push(now);
+        let times = &client.chat_times;
+        for (at, &start) in times.iter().enumerate() {
+            let (span, count) = (now - start, (times.len() - at) as u64);
+            if count > 10 + span.div_ceil(100) {
+                return Err(format!(
+                    "{} had {count} chats relayed within {span} ms",
+                    client.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The server ends an upgraded connection (a FIN, or closing its socket)
+    /// only after its close frame went out, unless the client left first or
+    /// output was still queued (a client that stopped reading: the close
+    /// then ends in a counted timeout).
+    fn check_close_frame_before_fin(&self, index: usize, what: &str) -> Result<(), String> {
+        let client = &self.clients[index];
+        let client_left = client.eof_delivered || client.wire.borrow().up.reset;
+        if client.tap.upgraded == Some(true)
+            && client.tap.close.is_none()
+            && !client_left
+            && !client.output_queued
+        {
+            return Err(format!(
+                "the server {what} of {} without sending its close frame",
+                client.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// Once everything has settled, no connection is left that the server
+    /// has not heard from for longer than `--pong-timeout`: keepalive closed
+    /// every silent one. (One closing for another reason just before may
+    /// wait up to 2 s more for the peer's close; a timer tick to spare.)
+    fn check_silence(&self) -> Result<(), String> {
+        if self.finished {
+            return Ok(());
+        }
+        for &index in self.by_key.values() {
+            let client = &self.clients[index];
+            let silent = self.now.saturating_sub(client.heard_at);
+            if silent > self.pong_timeout + 2_000 + 200 {
+                return Err(format!("{} is open, silent for {silent} ms", client.name));
+            }
         }
         Ok(())
     }
@@ -691,6 +879,10 @@ impl Sim {
             closed: false,
             shut: false,
             blocked: false,
+            queued_when_blocked: 0,
+            output_queued: false,
+            heard_at: self.now,
+            chat_times: Vec::new(),
             eof_delivered: false,
         });
         self.note(format!(
@@ -818,6 +1010,7 @@ impl Sim {
         let mut bytes: Vec<u8> = wire.up.bytes.drain(..n).collect();
         drop(wire);
         self.reading_from = Some(index);
+        self.clients[index].heard_at = self.now;
         self.engine.handle_bytes(key, &mut bytes, self.now);
         let name = self.clients[index].name.clone();
         self.note(format!("{name}: server read {n} bytes"));
@@ -865,9 +1058,11 @@ impl Sim {
                     .map_err(|e| format!("{}: {e}", self.clients[index].name))?;
                 wire.borrow_mut().down.bytes.extend(taken);
             }
-            let mut slot = [IoSlice::new(&[])];
-            self.clients[index].blocked = self.engine.transmit(key, &mut slot) > 0;
-            self.engine.handle_flushed(key);
+            let queued = queued_frames(&self.engine, key);
+            let client = &mut self.clients[index];
+            client.blocked = queued > 0;
+            client.queued_when_blocked = queued;
+            self.engine.handle_flushed(key, self.now);
         }
         self.check_queues()?;
         self.after_call()
@@ -1111,6 +1306,7 @@ impl Sim {
                     let mut bytes: Vec<u8> = w.up.bytes.drain(..n).collect();
                     drop(w);
                     self.reading_from = Some(index);
+                    self.clients[index].heard_at = self.now;
                     self.engine.handle_bytes(key, &mut bytes, self.now);
                     self.after_call()?;
                 }
@@ -1118,7 +1314,7 @@ impl Sim {
             }
             self.turn(&mut Rng::new(0))?;
             if self.settled() {
-                return Ok(());
+                return self.check_silence();
             }
             self.now += 100;
             if self.engine.is_finished(self.now) {
@@ -1195,14 +1391,21 @@ impl Sim {
             ));
         }
         if recovered {
-            let want: Vec<u64> = match (client.since, asked) {
-                (Some(_), _) => (first..=last).collect(),
+            // `since`: every chat after it. `history`: the K newest when the
+            // join was read (K capped at `--history`), and every chat relayed
+            // while they were sent: a run of at least K ending at `last`.
+            let from = match (client.since, asked) {
+                (Some(_), _) => first,
                 (None, k) => {
-                    // `history` is capped at `--history`.
                     let count = k.unwrap_or(HISTORY_KEPT).min(HISTORY_KEPT).min(last);
-                    (last + 1 - count..=last).collect()
+                    replayed
+                        .first()
+                        .copied()
+                        .unwrap_or(last + 1)
+                        .min(last + 1 - count)
                 }
             };
+            let want: Vec<u64> = (from..=last).collect();
             if *replayed != want {
                 return Err(format!(
                     "{name} was told it recovered, got {replayed:?}, missed {want:?}"
