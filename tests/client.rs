@@ -21,8 +21,14 @@ struct ChatClient {
 
 impl ChatClient {
     fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts it with `env` set too.
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat-client"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -326,6 +332,54 @@ fn history_prints_the_last_chats_before_the_live_ones() {
     assert_eq!(divider, "-- earlier messages above, live from here --");
     alice.send(json!({"type": "chat", "text": "now"}));
     bob.expect_chat("alice: now");
+    bob.type_line("/quit");
+    let (status, stderr) = bob.finish();
+    assert!(status.success(), "{status} {stderr}");
+}
+
+#[test]
+fn replayed_chats_show_their_senders_time_and_times_never_go_back() {
+    let server = ServerProcess::start(&[]);
+    let mut alice = Client::joined(&server, "alice");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let hour = 3_600_000;
+    let sent = [
+        ("two hours ago", Some(now - 2 * hour)),
+        ("no time", None),
+        ("before the one above", Some(now - 3 * hour)),
+        ("an hour ago", Some(now - hour)),
+        ("from the future", Some(now + hour)),
+    ];
+    for (text, ts) in sent {
+        let mut chat = json!({"type": "chat", "text": text});
+        if let Some(ts) = ts {
+            chat["ts"] = ts.into();
+        }
+        alice.send(chat);
+        alice.sync();
+    }
+    // In UTC, so the expected clock time is plain arithmetic.
+    let hms = |ms: u64| {
+        let s = ms / 1000 % 86_400;
+        format!("[{:02}:{:02}:{:02}]", s / 3600, s / 60 % 60, s % 60)
+    };
+    let mut bob = ChatClient::start_with_env(
+        &["--url", &server.url(), "--user", "bob", "--history", "5"],
+        &[("TZ", "UTC")],
+    );
+    let mut next = || bob.lines.recv_timeout(PATIENCE).expect("a line");
+    assert_eq!(
+        next(),
+        format!("{} alice: two hours ago", hms(now - 2 * hour))
+    );
+    assert_eq!(next(), "[--:--:--] alice: no time");
+    assert_eq!(next(), "[--:--:--] alice: before the one above");
+    assert_eq!(next(), format!("{} alice: an hour ago", hms(now - hour)));
+    assert_eq!(next(), "[--:--:--] alice: from the future");
+    assert_eq!(next(), "-- earlier messages above, live from here --");
     bob.type_line("/quit");
     let (status, stderr) = bob.finish();
     assert!(status.success(), "{status} {stderr}");

@@ -197,3 +197,52 @@ fn the_ring_keeps_within_its_byte_bound_and_history_0_turns_it_off() {
         (json!(2), json!(false))
     );
 }
+
+#[test]
+fn a_recovery_within_the_window_is_complete_at_default_flags_however_large_the_chats() {
+    // 60 chats of 10 KB: 606 KB, inside --history 100 and --history-bytes
+    // 1 MiB, more than half of --max-backlog (1 MiB) that a catch-up may
+    // queue at once. The build before this one sent 51 and `recovered: false`.
+    let server = ServerProcess::start(&[]);
+    let (probe, _, joined) = join_with(&server, "probe", json!({"history": 0}));
+    drop(probe);
+    let epoch = joined["epoch"].clone();
+    let mut witness = Client::joined(&server, "witness");
+    let big = "x".repeat(10_000);
+    // Six senders, ten chats each: within every one's burst of 10.
+    for s in 0..6 {
+        let mut sender = Client::joined(&server, &format!("sender{s}"));
+        for i in 0..10 {
+            sender.queue(json!({"type": "chat", "text": format!("{s}-{i} {big}")}));
+        }
+        sender.flush();
+        for _ in 0..10 {
+            witness.recv();
+        }
+    }
+    // It comes back with a small receive buffer and reads slowly: the replay
+    // is fed as it drains, and it is never taken for a slow consumer.
+    let stream = connect_with("127.0.0.1", Some(4096), &server);
+    let mut back = Client::joined_over_with(
+        stream,
+        &server,
+        json!({"type": "join", "user": "back", "since": 0, "epoch": epoch}),
+    );
+    let mut replayed = Vec::new();
+    let joined = loop {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let message = back.recv();
+        if message["type"] == "joined" {
+            break message;
+        }
+        replayed.push(message["id"].as_u64().expect("an id"));
+    };
+    assert_eq!(replayed, (1..=60).collect::<Vec<u64>>());
+    assert_eq!(
+        (&joined["last"], &joined["recovered"]),
+        (&json!(60), &json!(true))
+    );
+    let stats = server.stats();
+    assert_eq!(stats["slow_consumer_closes"], 0, "{stats}");
+    assert_eq!(stats["recoveries_complete"], 1, "{stats}");
+}

@@ -972,3 +972,104 @@ fn rediss_with_a_private_authority_and_a_password_never_shown() {
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A field of Redis's `INFO stats` (RESP read by hand).
+fn info_stat(redis: &Redis, field: &str) -> u64 {
+    let mut stream = TcpStream::connect(("127.0.0.1", redis.port)).expect("connect to redis");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n")
+        .expect("send INFO");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("the length");
+    let len: usize = line
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .expect("a bulk reply");
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).expect("the body");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in INFO stats"))
+}
+
+#[test]
+fn a_history_join_reads_no_more_from_redis_than_it_replays_and_memory_stays_bounded() {
+    // Chats of about 1 MB (allowed with --redis): the build before this one
+    // read the whole stream for one join (Redis sent ~100 MB, the instance
+    // grew by ~100 MiB and kept it) and replayed none of it.
+    let redis = Redis::start(None);
+    wait_listening(redis.port);
+    let big = ["--max-message-size", "1048576"];
+    let servers = linked(&redis.url(), 2, &big);
+    let text = "y".repeat(1_000_000);
+    // Senders one after another on A (nobody else joined: no fan-out).
+    for s in 0..4 {
+        let mut sender = Client::joined(&servers[0], &format!("s{s}"));
+        for i in 0..10 {
+            sender.queue(chat(&format!("{s}.{i} {text}")));
+        }
+        sender.flush();
+        sender.sync();
+        drop(sender);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while servers[1].stats()["chats_relayed"].as_u64() < Some(40) {
+        assert!(Instant::now() < deadline, "B never relayed the 40 chats");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // B's ring holds one of them (--history-bytes 1 MiB): the rest come
+    // from Redis, a read at a time as the joiner drains its queue.
+    let b = &servers[1];
+    let before_rss = b.rss_kib();
+    let before_sent = info_stat(&redis, "total_net_output_bytes");
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before_rss));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, pid) = (peak.clone(), sampling.clone(), b.pid());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    && let Some(kib) = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let (_, replayed, joined) = join_with(b, "newcomer", json!({"history": 100}));
+    sampling.store(false, Ordering::Relaxed);
+    sampler.join().expect("the sampler");
+    let sent = info_stat(&redis, "total_net_output_bytes") - before_sent;
+    assert_eq!(replayed.len(), 40);
+    assert_eq!(joined["recovered"], true, "{joined}");
+    let received: u64 = replayed.iter().map(|c| c.to_string().len() as u64).sum();
+    assert!(
+        sent <= received + received / 10,
+        "Redis sent {sent} bytes for {received} replayed"
+    );
+    let grew = peak.load(Ordering::Relaxed).saturating_sub(before_rss);
+    assert!(
+        grew < 16 << 10,
+        "the instance grew by {grew} KiB during the join"
+    );
+    let reads = b.stats()["backplane"]["history_reads"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(reads >= 39 / 2, "{reads} reads for 39 chats of 1 MB");
+    // Memory is given back once the burst is over.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = b.rss_kib();
+    assert!(
+        after < before_rss + (8 << 10),
+        "{before_rss} KiB before the join, {after} KiB after"
+    );
+}

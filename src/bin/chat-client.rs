@@ -104,6 +104,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         }),
         live: Mutex::new(args.history.is_none()),
         left_at: Mutex::new(None),
+        last_shown: Mutex::new(0),
     });
     shared
         .send(
@@ -171,6 +172,8 @@ struct Shared {
     live: Mutex<bool>,
     /// When we sent leave and close, if we did.
     left_at: Mutex<Option<Instant>>,
+    /// The time printed last (ms since 1970): printed times never go back.
+    last_shown: Mutex<u64>,
 }
 
 /// The writing half of the socket, and the seed of the masks.
@@ -336,13 +339,11 @@ impl Shared {
                     text,
                     sent_ms,
                 } => {
-                    // Live chats show when they arrived; earlier ones when they were sent.
-                    let ms = if self.live() {
-                        unix_ms()
-                    } else {
-                        sent_ms.unwrap_or_else(unix_ms)
-                    };
-                    let line = client::chat_line(sys::local_hms((ms / 1000) as i64), &user, &text);
+                    let live = self.live();
+                    let mut last = self.last_shown.lock().unwrap_or_else(|e| e.into_inner());
+                    let ms = client::shown_time(live, sent_ms, unix_ms(), &mut last);
+                    let hms = ms.map(|ms| sys::local_hms((ms / 1000) as i64));
+                    let line = client::chat_line(hms, &user, &text);
                     print_line(&line);
                 }
                 Incoming::Joined { .. } => {

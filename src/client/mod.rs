@@ -169,11 +169,30 @@ pub fn classify(text: &str) -> Incoming {
     }
 }
 
-/// `[HH:MM:SS] name: text` for a terminal, trailing padding trimmed and
-/// shown safely (`terminal`); in the name, whatever the server's name rule
-/// refuses as invisible (a Hangul filler, say) shows as `�` too.
-pub fn chat_line(hms: (u8, u8, u8), user: &str, text: &str) -> String {
-    let (h, m, s) = hms;
+/// The time a chat is shown at, in ms since 1970, or `None` (shown as
+/// `--:--:--`). A live chat: when it arrived (`now`). A replayed one (the
+/// history a join asked for): the sender's `ts`, when it is a time no
+/// earlier than the chat printed before it and not in the future; anything
+/// else a sender put there is not shown as a time, so printed times never
+/// go backwards. `last` is the time printed last, kept up to date.
+pub fn shown_time(live: bool, sent_ms: Option<u64>, now: u64, last: &mut u64) -> Option<u64> {
+    let at = match live {
+        true => Some(now),
+        false => sent_ms.filter(|ts| (*last..=now).contains(ts)),
+    }?;
+    *last = (*last).max(at);
+    Some(at)
+}
+
+/// `[HH:MM:SS] name: text` for a terminal (`[--:--:--]` without a time),
+/// trailing padding trimmed and shown safely (`terminal`); in the name,
+/// whatever the server's name rule refuses as invisible (a Hangul filler,
+/// say) shows as `�` too.
+pub fn chat_line(hms: Option<(u8, u8, u8)>, user: &str, text: &str) -> String {
+    let time = match hms {
+        Some((h, m, s)) => format!("{h:02}:{m:02}:{s:02}"),
+        None => "--:--:--".into(),
+    };
     let user: String = user
         .chars()
         .map(|c| match unicode::is_invisible_in_name(c) {
@@ -181,10 +200,7 @@ pub fn chat_line(hms: (u8, u8, u8), user: &str, text: &str) -> String {
             false => c,
         })
         .collect();
-    terminal(&format!(
-        "[{h:02}:{m:02}:{s:02}] {user}: {}",
-        text.trim_end()
-    ))
+    terminal(&format!("[{time}] {user}: {}", text.trim_end()))
 }
 
 /// The one sanitizer for what `chat-client` prints: anything that came from
@@ -286,6 +302,26 @@ mod tests {
     }
 
     #[test]
+    fn printed_times_never_go_backwards() {
+        let mut last = 0;
+        // Replayed: the sender's ts while it is a time between the last and now.
+        assert_eq!(
+            shown_time(false, Some(1_000), 5_000, &mut last),
+            Some(1_000)
+        );
+        assert_eq!(shown_time(false, Some(900), 5_000, &mut last), None);
+        assert_eq!(shown_time(false, None, 5_000, &mut last), None);
+        assert_eq!(shown_time(false, Some(9_000), 5_000, &mut last), None);
+        assert_eq!(
+            shown_time(false, Some(2_000), 5_000, &mut last),
+            Some(2_000)
+        );
+        // Live: the time of arrival.
+        assert_eq!(shown_time(true, Some(1), 6_000, &mut last), Some(6_000));
+        assert_eq!(last, 6_000);
+    }
+
+    #[test]
     fn messages_and_lines() {
         let chat = r#"{"type":"chat","room":"public","user":"bob","text":"hi...   ","ts":1}"#;
         let Incoming::Chat {
@@ -297,18 +333,22 @@ mod tests {
             panic!()
         };
         assert_eq!(sent_ms, Some(1));
-        assert_eq!(chat_line((9, 5, 7), &user, &text), "[09:05:07] bob: hi...");
         assert_eq!(
-            chat_line((23, 59, 0), "eve", "\u{1b}[2Jgone\nline"),
+            chat_line(Some((9, 5, 7)), &user, &text),
+            "[09:05:07] bob: hi..."
+        );
+        assert_eq!(chat_line(None, "bob", "old"), "[--:--:--] bob: old");
+        assert_eq!(
+            chat_line(Some((23, 59, 0)), "eve", "\u{1b}[2Jgone\nline"),
             "[23:59:00] eve: \u{FFFD}[2Jgone\u{FFFD}line"
         );
         assert_eq!(
-            chat_line((1, 2, 3), "\u{202E}nimda", "a\u{200B}b"),
+            chat_line(Some((1, 2, 3)), "\u{202E}nimda", "a\u{200B}b"),
             "[01:02:03] \u{FFFD}nimda: a\u{FFFD}b"
         );
         assert_eq!(terminal("close \x1b]0;t\x07"), "close \u{FFFD}]0;t\u{FFFD}");
         assert_eq!(
-            chat_line((1, 2, 3), "alice\u{3164}", "a\u{FE0F}"),
+            chat_line(Some((1, 2, 3)), "alice\u{3164}", "a\u{FE0F}"),
             "[01:02:03] alice\u{FFFD}: a\u{FE0F}"
         );
         assert_eq!(classify(r#"{"type":"ping"}"#), Incoming::Ping);

@@ -74,6 +74,15 @@ const CLOSE_WAIT_MS: u64 = 2_000;
 const LINGER_MS: u64 = 2_000;
 /// Pause before accepting again when the process is out of file descriptors.
 const ACCEPT_PAUSE_MS: u64 = 100;
+/// Public connections past `--max-conns` held at once while they are
+/// refused (`503`). The first half get a graceful close (the answer, a FIN,
+/// the client's FIN awaited); past that, descriptors are short and a
+/// refused connection is closed as soon as its answer is written. The
+/// public listener accepts no more until one is gone, so refusals can
+/// never take the descriptors kept for the private listener.
+pub const REFUSAL_SLOTS: usize = 16;
+/// Connections the private listener (`--metrics-address`) holds at once.
+pub const PRIVATE_SLOTS: usize = 8;
 /// How long shutdown waits for clients to answer our close frames.
 const SHUTDOWN_GRACE_MS: u64 = 2_000;
 /// Least time between two presence messages.
@@ -98,7 +107,8 @@ pub enum Action {
     ResumeReading(usize),
     /// Close the listener: shutdown has begun and new clients are refused.
     StopListening,
-    /// Accept again: the pause after running out of descriptors is over.
+    /// Accept again (on both listeners): a pause after running out of
+    /// descriptors is over, or a slot freed.
     ResumeAccepting,
     /// Publish this chat (its frame; the JSON after the header is its fields)
     /// through Redis, which orders it and hands it to every instance.
@@ -171,7 +181,10 @@ pub struct Engine {
     /// Relay recipients over the backlog limit, closed after the fan-out.
     slow: Vec<usize>,
     actions: VecDeque<Action>,
-    accept_paused_until: Option<u64>,
+    /// Accepting pauses after EMFILE/ENFILE: the public listener's, the private one's.
+    accept_paused_until: [Option<u64>; 2],
+    /// Connections that came in on the private listener.
+    private_conns: usize,
     state: RunState,
     backplane: Option<BackplaneProbe>,
     process: Option<ProcessProbe>,
@@ -239,7 +252,8 @@ impl Engine {
             dirty: Vec::new(),
             slow: Vec::new(),
             actions: VecDeque::new(),
-            accept_paused_until: None,
+            accept_paused_until: [None, None],
+            private_conns: 0,
             state: RunState::Running,
             backplane: None,
             process: None,
@@ -261,9 +275,23 @@ impl Engine {
 
     // ---- Accepting -------------------------------------------------------
 
-    /// Whether the driver should accept connections now.
-    pub fn accepting(&self) -> bool {
-        self.state == RunState::Running && self.accept_paused_until.is_none()
+    /// Whether the driver should accept connections now, on the public or
+    /// the `private` listener. Each has its slots: the public one up to
+    /// `--max-conns` and `REFUSAL_SLOTS` being refused, the private one
+    /// `PRIVATE_SLOTS`; so a full public port never starves the private one
+    /// of descriptors.
+    pub fn accepting(&self, private: bool) -> bool {
+        let room = match private {
+            true => self.private_conns < PRIVATE_SLOTS,
+            false => self.public_conns() < self.max_conns + REFUSAL_SLOTS,
+        };
+        self.state == RunState::Running
+            && self.accept_paused_until[usize::from(private)].is_none()
+            && room
+    }
+
+    fn public_conns(&self) -> usize {
+        self.conns.len() - self.private_conns
     }
 
     /// A connection from `peer` was accepted; returns its key. Over
@@ -294,7 +322,14 @@ impl Engine {
                 *v = via_proxy && !private;
             }
         }
-        if !private && self.conns.len() > self.max_conns {
+        self.private_conns += usize::from(private);
+        let over = self.public_conns().saturating_sub(self.max_conns);
+        if !private && over > REFUSAL_SLOTS / 2 {
+            // Descriptors are short: the answer goes out, then the socket closes.
+            self.stats.rejected(Reject::Unavailable);
+            self.queue(key, Reject::Unavailable.response().into());
+            self.abandon(key);
+        } else if !private && over > 0 {
             self.reject(key, Reject::Unavailable, false, now);
         } else if !private && !via_proxy {
             self.client_address(key, peer, now);
@@ -312,11 +347,12 @@ impl Engine {
         }
     }
 
-    /// Accepting failed for want of descriptors (EMFILE/ENFILE) or memory:
-    /// accepting again at once would fail again and spin, so it pauses.
-    pub fn handle_accept_error(&mut self, now: u64) {
+    /// Accepting on the public or `private` listener failed for want of
+    /// descriptors (EMFILE/ENFILE) or memory: accepting there again at once
+    /// would fail again and spin, so it pauses.
+    pub fn handle_accept_error(&mut self, private: bool, now: u64) {
         self.stats.accept_pauses += 1;
-        self.accept_paused_until = Some(now + ACCEPT_PAUSE_MS);
+        self.accept_paused_until[usize::from(private)] = Some(now + ACCEPT_PAUSE_MS);
     }
 
     // ---- Reading ---------------------------------------------------------
@@ -452,9 +488,11 @@ impl Engine {
         if self.state == RunState::Running && end.is_some_and(|end| now >= end) {
             self.begin_shutdown(now);
         }
-        if self.accept_paused_until.is_some_and(|until| now >= until) {
-            self.accept_paused_until = None;
-            self.actions.push_back(Action::ResumeAccepting);
+        for paused in &mut self.accept_paused_until {
+            if paused.is_some_and(|until| now >= until) {
+                *paused = None;
+                self.actions.push_back(Action::ResumeAccepting);
+            }
         }
         self.expire_timers(now);
         self.send_presence(now);
@@ -473,7 +511,8 @@ impl Engine {
             .then_some(self.presence_sent_at + PRESENCE_INTERVAL_MS);
         [
             self.timers.next_deadline(),
-            self.accept_paused_until,
+            self.accept_paused_until[0],
+            self.accept_paused_until[1],
             stop,
             presence,
         ]
@@ -502,8 +541,15 @@ impl Engine {
     pub fn poll_action(&mut self) -> Option<Action> {
         let action = self.actions.pop_front()?;
         if let Action::Close(key) = action {
-            // The driver closes the socket now, so the key is free.
-            self.conns.try_remove(key);
+            // The driver closes the socket now, so the key is free, and a
+            // listener that was out of slots may accept again.
+            let full = [!self.accepting(false), !self.accepting(true)];
+            if let Some(conn) = self.conns.try_remove(key) {
+                self.private_conns -= usize::from(conn.private);
+                if full[usize::from(conn.private)] && self.state == RunState::Running {
+                    self.actions.push_back(Action::ResumeAccepting);
+                }
+            }
         }
         Some(action)
     }
@@ -778,11 +824,14 @@ impl Engine {
             Route::Metrics => {
                 self.stats.http_metrics += 1;
                 let backplane = self.backplane.as_ref().map(|probe| probe());
-                let process = self
+                let mut process = self
                     .process
                     .as_ref()
                     .map(|probe| probe())
                     .unwrap_or_default();
+                // One socket per connection and per Redis connection: counted, not listed.
+                let redis = backplane.as_ref().map_or(0, |b| b.connections);
+                process.open_fds += (self.conns.len() + redis) as u64;
                 let body = self
                     .stats
                     .to_prometheus(self.live(now), backplane, &process);

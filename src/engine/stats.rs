@@ -116,14 +116,21 @@ pub struct BackplaneStats {
     pub history_read_failures: u64,
     /// Reads not made: asked over 3 s before (the join was answered from the ring).
     pub history_reads_skipped: u64,
+    /// Connections to Redis open now (publisher, subscriber, reader).
+    pub connections: usize,
 }
 
-/// The process's own figures, read from `/proc` by the driver.
+/// The process's own figures: CPU and memory read from `/proc` by the
+/// driver; open descriptors counted, not listed (a listing costs time in
+/// proportion to the connections, on the loop).
 #[derive(Debug, Default)]
 pub struct ProcessStats {
     pub cpu_seconds: f64,
     pub resident_bytes: u64,
     pub start_time_seconds: f64,
+    /// The driver gives the server's own descriptors (stdio, poll,
+    /// listeners, signal pipe, waker: counted once at start); the engine
+    /// adds one per connection and per Redis connection.
     pub open_fds: u64,
 }
 

@@ -335,7 +335,7 @@ fn shutdown_stops_listening_closes_everyone_and_ends() {
     let half = d.engine.handle_accept(LOCAL, d.now);
     d.engine.handle_shutdown(d.now);
     d.turn();
-    assert!(!d.listening && !d.engine.accepting());
+    assert!(!d.listening && !d.engine.accepting(false) && !d.engine.accepting(true));
     assert_eq!(d.closed, [half]);
     for key in [a, b] {
         let codes: Vec<u16> = d.frames(key).iter().filter_map(close_code).collect();

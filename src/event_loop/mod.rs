@@ -23,7 +23,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::Config;
 use crate::engine::cluster::FromCluster;
-use crate::engine::{Action, Engine, Options, READ_BUF};
+use crate::engine::{Action, Engine, Options, PRIVATE_SLOTS, READ_BUF, REFUSAL_SLOTS};
 use backplane::{Backplane, Target};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -35,8 +35,10 @@ const METRICS: Token = Token(usize::MAX - 3);
 const READS_PER_TURN: usize = 16;
 /// Most slices handed to one `writev` (well under IOV_MAX = 1024).
 const MAX_IOV: usize = 64;
-/// File descriptors kept out of the default `--max-conns` (stdio, poll, listener, signal pipe, refusals).
-const RESERVED_FDS: u64 = 32;
+/// File descriptors kept out of the default `--max-conns`: the server's own
+/// (stdio, poll, listeners, signal pipe, waker, Redis: at most 16), public
+/// connections being refused, and the private listener's.
+const RESERVED_FDS: u64 = 16 + (REFUSAL_SLOTS + PRIVATE_SLOTS) as u64;
 /// Connections the kernel may hold for us before we accept them (capped by somaxconn).
 const LISTEN_BACKLOG: libc::c_int = 4096;
 
@@ -87,10 +89,17 @@ impl Server {
         };
         let signals = signal_pipe(&poll).map_err(|e| format!("cannot start: signals: {e}"))?;
 
-        let backplane = match &config.redis {
-            Some(url) => {
-                let waker = mio::Waker::new(poll.registry(), BACKPLANE)
-                    .map_err(|e| format!("cannot start: {e}"))?;
+        let waker = match &config.redis {
+            Some(_) => Some(
+                mio::Waker::new(poll.registry(), BACKPLANE)
+                    .map_err(|e| format!("cannot start: {e}"))?,
+            ),
+            None => None,
+        };
+        // Our own descriptors, before any connection: counted once, here.
+        let own_fds = process::open_fds();
+        let backplane = match (&config.redis, waker) {
+            (Some(url), Some(waker)) => {
                 let ca = match &config.redis_ca {
                     Some(path) => Some(std::fs::read(path).map_err(|e| {
                         format!("cannot start: --redis-ca {}: {e}", path.display())
@@ -107,7 +116,7 @@ impl Server {
                 };
                 Some(Backplane::start(&target, waker).map_err(|e| format!("cannot start: {e}"))?)
             }
-            None => None,
+            _ => None,
         };
         let default_max = fd_limit
             .saturating_sub(RESERVED_FDS)
@@ -125,7 +134,7 @@ impl Server {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        engine.set_process_probe(Box::new(move || process::sample(started)));
+        engine.set_process_probe(Box::new(move || process::sample(started, own_fds)));
         Ok(Self {
             engine,
             poll,
@@ -276,7 +285,7 @@ impl Server {
 
     /// Accepts what waits on the public listener, or on the metrics one (`private`).
     fn accept_from(&mut self, private: bool, now: u64) {
-        while self.engine.accepting() {
+        while self.engine.accepting(private) {
             let listener = match private {
                 false => &self.listener,
                 true => &self.metrics,
@@ -297,7 +306,7 @@ impl Server {
                 }
                 Err(_) => {
                     // Out of file descriptors (EMFILE/ENFILE) or memory.
-                    self.engine.handle_accept_error(now);
+                    self.engine.handle_accept_error(private, now);
                     return;
                 }
             };

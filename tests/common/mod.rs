@@ -263,6 +263,14 @@ impl Client {
         client
     }
 
+    /// Upgrades `stream` and sends `join` (which may ask for history); what
+    /// the server answers is left to read.
+    pub fn joined_over_with(stream: TcpStream, server: &ServerProcess, join: Value) -> Self {
+        let mut client = Self::upgrade(stream, server);
+        client.send(join);
+        client
+    }
+
     pub fn send(&mut self, value: Value) {
         self.send_text(&value.to_string());
     }
@@ -558,6 +566,20 @@ impl RawClient {
             other => panic!("expected silence, got {other:?} {:?}", &chunk[..]),
         }
         self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+}
+
+/// Raises this test process's soft open-file limit to `fds` (at most the hard limit).
+pub fn raise_fd_limit(fds: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write only the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.max(fds.min(limit.rlim_max));
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
     }
 }
 

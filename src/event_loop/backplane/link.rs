@@ -3,6 +3,8 @@
 //! after `REDIS_TIMEOUT`, reconnection with backoff, and one line on stderr
 //! each time a connection comes up or goes down.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{BACKOFF, REDIS_TIMEOUT, Target};
@@ -84,7 +86,7 @@ pub enum Failure {
 /// stderr when it comes up or goes down.
 pub struct Link<'a> {
     client: &'a redis::Client,
-    connection: Option<redis::Connection>,
+    connection: Option<Connection>,
     reporter: Reporter,
     retry_at: Instant,
     backoff: Duration,
@@ -134,10 +136,43 @@ impl<'a> Link<'a> {
     }
 }
 
+/// Redis connections open in this process (each one socket), for
+/// `/metrics`'s `process_open_fds`.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// How many connections to Redis are open now.
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
+/// A connection to Redis, counted in `OPEN` while it lives.
+pub struct Connection(redis::Connection);
+
+impl Deref for Connection {
+    type Target = redis::Connection;
+    fn deref(&self) -> &redis::Connection {
+        &self.0
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut redis::Connection {
+        &mut self.0
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A connection whose every read and write gives up after `REDIS_TIMEOUT`,
 /// so a Redis that stopped answering is noticed instead of waited for.
-pub fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+pub fn connect(client: &redis::Client) -> redis::RedisResult<Connection> {
     let connection = client.get_connection_with_timeout(REDIS_TIMEOUT)?;
+    OPEN.fetch_add(1, Ordering::Relaxed);
+    let connection = Connection(connection);
     connection.set_read_timeout(Some(REDIS_TIMEOUT))?;
     connection.set_write_timeout(Some(REDIS_TIMEOUT))?;
     Ok(connection)

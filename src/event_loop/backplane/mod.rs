@@ -323,6 +323,7 @@ impl Shared {
             history_reads: get(&self.history_reads),
             history_read_failures: get(&self.history_read_failures),
             history_reads_skipped: get(&self.history_reads_skipped),
+            connections: link::open_connections(),
         }
     }
 }
