@@ -370,7 +370,7 @@ fn replayed_chats_show_their_senders_time_and_times_never_go_back() {
         &["--url", &server.url(), "--user", "bob", "--history", "5"],
         &[("TZ", "UTC")],
     );
-    let mut next = || bob.lines.recv_timeout(PATIENCE).expect("a line");
+    let next = || bob.lines.recv_timeout(PATIENCE).expect("a line");
     assert_eq!(
         next(),
         format!("{} alice: two hours ago", hms(now - 2 * hour))
