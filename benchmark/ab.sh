@@ -22,7 +22,7 @@ if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
 fi
 runs=$(mktemp)
 server=
-trap '[ -z "$server" ] || kill "$server" 2>/dev/null || true' EXIT
+trap '[ -z "$server" ] || kill "$server" 2>/dev/null || true; rm -f "$runs"' EXIT
 for round in $(seq "$rounds"); do
   for label in A B; do
     binary=$old

@@ -65,7 +65,7 @@ stop_server() {
   server_pid=
   cluster_pids=()
 }
-trap stop_server EXIT
+trap 'stop_server; rm -rf "$work"' EXIT
 
 record() { # $1: server label, $2: scenario label, stdin: one JSON object
   python3 -c 'import json, sys; r = json.load(sys.stdin); r["server"] = sys.argv[1]; r["scenario"] = sys.argv[2]; print(json.dumps(r))' "$1" "$2" >>"$lines"

@@ -11,7 +11,10 @@ cd "$(dirname "$0")/.."
 tools=${AUTOBAHN_TOOLS:-tests/autobahn}
 venv=${AUTOBAHN_VENV:-$HOME/.cache/autobahn/venv}
 [ -x "$venv/bin/wstest" ] || "$tools/setup.sh" "$venv" >/dev/null
-out=$(mktemp -d)
+# The report is kept (under target/, not committed) for a person to read.
+out=target/autobahn
+rm -rf "$out"
+mkdir -p "$out"
 . tests/release-server.sh
 # 9.* sends messages of up to 16 MiB.
 start_release_server --echo --max-message-size 16777216

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, PATIENCE, ServerProcess, http_get, join_with, server_binary};
+use common::{Client, PATIENCE, ServerProcess, http_get, join_with, on_purpose, server_binary};
 use serde_json::{Value, json};
 
 /// A redis-server of our own, killed on drop.
@@ -211,6 +211,7 @@ fn instances_share_the_room_and_survive_a_redis_restart() {
     );
 
     // Redis gone: the link shows down, local relay goes on, nothing crosses.
+    on_purpose("Redis stopped, then restarted: the instances log it down, then up");
     let port = redis.stop();
     for server in &servers {
         wait_backplane(server, "down");
@@ -533,6 +534,9 @@ fn a_redis_that_lost_the_room_or_is_away_is_told_and_recovery_resumes() {
 
     // Redis restarted without persistence: the room's data is gone, a new
     // epoch comes, and a recovery says so.
+    on_purpose(
+        "Redis restarted without its data, then stopped: the instances log it down, then up",
+    );
     let port = redis.stop();
     let _redis = Redis::start(Some(port));
     wait_listening(port);
@@ -611,6 +615,7 @@ fn a_subscription_redis_cuts_off_is_counted_and_comes_back() {
     // default pub/sub output buffer limit: Redis cuts every subscriber off.
     // Instances cannot send such a chat: --max-message-size is at most 1 MiB
     // with --redis.
+    on_purpose("Redis cuts its subscribers off (a 33 MiB message): they log it down, then up");
     assert_eq!(redis.publish(&vec![b'x'; (33 << 20) + 1]), 2);
     for server in [&a, &b] {
         let deadline = Instant::now() + PATIENCE;
@@ -744,6 +749,7 @@ fn a_redis_gone_silent_is_noticed_and_the_link_comes_back() {
     // The network path to Redis goes silent: no FIN, no reset. Both
     // connections of both instances notice, the subscriptions included
     // (nothing arrives on them, which looks like a quiet channel).
+    on_purpose("the network to Redis goes silent: the instances log it down, then up");
     proxy.cut(true);
     let frozen_at = Instant::now();
     for server in [&a, &b] {
@@ -788,7 +794,8 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
 #[test]
 fn rediss_with_a_private_authority_and_a_password_never_shown() {
     // A certificate authority and a certificate for 127.0.0.1 signed by it.
-    let dir = std::env::temp_dir().join(format!("wpc-redis-tls-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("redis-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     openssl(
         &dir,

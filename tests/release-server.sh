@@ -4,7 +4,7 @@
 # caller stops it (kill "$server"); the EXIT trap set here stops it otherwise.
 server=
 release_server_log=$(mktemp)
-trap 'kill "$server" 2>/dev/null || true' EXIT
+trap 'kill "$server" 2>/dev/null || true; rm -f "$release_server_log"' EXIT
 
 start_release_server() {
   cargo build --release --quiet -p websocket-public-chat

@@ -26,9 +26,13 @@ pub fn server_binary() -> std::path::PathBuf {
 }
 
 /// A running server process, killed on drop if the test did not stop it.
+/// What it says on stderr goes to a log file of its own under `target/tmp`,
+/// shown only if the test fails (and removed if it passes).
 pub struct ServerProcess {
     child: Child,
     stdout: BufReader<ChildStdout>,
+    /// Its stderr.
+    pub log: std::path::PathBuf,
     pub addr: SocketAddr,
     /// With `--metrics-address`: where `/metrics` is served.
     pub metrics: Option<SocketAddr>,
@@ -58,10 +62,16 @@ impl ServerProcess {
         if !command.get_args().any(|arg| arg == "--host") {
             command.args(["--host", "127.0.0.1"]);
         }
+        static SERVERS: AtomicU64 = AtomicU64::new(0);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("server-logs");
+        std::fs::create_dir_all(&dir).expect("a folder for server logs");
+        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+        let log = dir.join(format!("{}-{n}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("a server log");
         let mut child = command
             .args(["--port", "0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start the server");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
@@ -82,6 +92,7 @@ impl ServerProcess {
         Self {
             child,
             stdout,
+            log,
             addr,
             metrics,
         }
@@ -183,7 +194,20 @@ impl Drop for ServerProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        if std::thread::panicking() {
+            let said = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("server {} said on stderr:\n{said}", self.addr);
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
+}
+
+/// One line on the test run's own stderr (not captured by the test harness):
+/// what a test breaks on purpose, so what the servers log about it (in their
+/// logs) is not read as a failure.
+pub fn on_purpose(what: &str) {
+    let _ = writeln!(std::io::stderr(), "  (on purpose: {what})");
 }
 
 /// Sends raw request bytes and reads the whole response (until the server closes).
