@@ -1079,4 +1079,18 @@ fn a_history_join_reads_no_more_from_redis_than_it_replays_and_memory_stays_boun
         after < before_rss + (8 << 10),
         "{before_rss} KiB before the join, {after} KiB after"
     );
+    // Its descriptors are counted, not listed: Redis's connections included
+    // (and the scrape's own).
+    let open = std::fs::read_dir(format!("/proc/{}/fd", b.pid()))
+        .expect("its descriptors")
+        .count();
+    let (_, _, metrics) = http_get(b.addr, "/metrics");
+    let counted = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(counted("process_open_fds"), open as u64 + 1, "{metrics}");
+    assert_eq!(counted("websocket_public_chat_backplane_connections"), 4);
 }

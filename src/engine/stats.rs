@@ -438,6 +438,12 @@ impl Counters {
                 "The subscription is up",
                 up(b.subscriber),
             );
+            gauge(
+                &mut out,
+                "backplane_connections",
+                "Connections to Redis open now",
+                &b.connections.to_string(),
+            );
             for (name, value, help) in [
                 ("published", b.published, "Chats published to Redis"),
                 ("received", b.received, "Chats read from the stream"),
