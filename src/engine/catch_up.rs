@@ -79,8 +79,9 @@ impl Engine {
         let (next, until, complete) = match &catchup.since {
             Some((seen, epoch)) if **epoch == *self.epoch => match *seen {
                 seen if seen <= last => (seen + 1, 0, true),
-                // Seen on another instance, not relayed here yet: wait for it.
-                seen if ordered => (seen + 1, seen, true),
+                // Seen on another instance, not relayed here yet: wait for
+                // it (an id no room reaches just waits out `WAIT_MS`).
+                seen if ordered => (seen.saturating_add(1), seen, true),
                 // An id this epoch never gave: nothing is after it.
                 _ => (last + 1, 0, false),
             },

@@ -141,6 +141,10 @@ pub type ProcessProbe = Box<dyn Fn() -> ProcessStats>;
 pub struct Options {
     /// The connection limit in force.
     pub max_conns: usize,
+    /// Most public connections the descriptors allow at once, whatever
+    /// `--max-conns` says: the open-file limit less the server's own and
+    /// the private listener's (`PRIVATE_SLOTS`).
+    pub public_slots: usize,
     /// With `--redis`: this instance's id among those sharing the room.
     pub instance: Option<u64>,
     /// This room's epoch while it orders its own chats: chosen at random at
@@ -154,6 +158,8 @@ pub struct Engine {
     /// Which browser pages may upgrade (from `--allowed-origin`).
     origins: Origins,
     max_conns: usize,
+    /// See `Options::public_slots`.
+    public_slots: usize,
     /// With `--redis`: the backplane's state, and who orders the room.
     cluster: Option<Cluster>,
     /// Members being sent the chats their join asked for, by key (not in
@@ -251,6 +257,7 @@ impl Engine {
             epoch: options.epoch.into(),
             config,
             max_conns: options.max_conns,
+            public_slots: options.public_slots,
             conns: Slab::new(),
             next_id: 0,
             ip_limit,
@@ -290,13 +297,16 @@ impl Engine {
 
     /// Whether the driver should accept connections now, on the public or
     /// the `private` listener. Each has its slots: the public one up to
-    /// `--max-conns` and `REFUSAL_SLOTS` being refused, the private one
-    /// `PRIVATE_SLOTS`; so a full public port never starves the private one
-    /// of descriptors.
+    /// `--max-conns` and `REFUSAL_SLOTS` being refused (and never more than
+    /// the descriptors allow), the private one `PRIVATE_SLOTS`; so a full
+    /// public port never starves the private one of descriptors.
     pub fn accepting(&self, private: bool) -> bool {
         let room = match private {
             true => self.private_conns < PRIVATE_SLOTS,
-            false => self.public_conns() < self.max_conns + REFUSAL_SLOTS,
+            false => {
+                let most = (self.max_conns + REFUSAL_SLOTS).min(self.public_slots);
+                self.public_conns() < most
+            }
         };
         self.state == RunState::Running
             && self.accept_paused_until[usize::from(private)].is_none()

@@ -45,6 +45,7 @@ impl Driver {
             config,
             Options {
                 max_conns: 100,
+                public_slots: usize::MAX,
                 instance: Some(INSTANCE),
                 epoch: "test-epoch".into(),
             },
@@ -839,4 +840,74 @@ fn one_read_can_hold_the_upgrade_a_join_and_a_chat() {
         (&"eager".into(), &"first".into())
     );
     assert!(d.engine.is_member(key));
+}
+
+#[test]
+fn a_since_at_the_end_of_the_ids_waits_and_ends_incomplete() {
+    let mut d = Driver::new(&[]);
+    d.redis_up("E", 3);
+    let key = d.open();
+    d.text(
+        key,
+        r#"{"type":"join","user":"far","since":18446744073709551615,"epoch":"E"}"#,
+    );
+    assert!(d.reads.is_empty());
+    d.advance(catch_up::WAIT_MS + 100);
+    assert_eq!(ids_and_types(&d.texts(key)), ["joined 3 false"]);
+    assert!(d.engine.is_member(key));
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_that_listener_only() {
+    let mut d = Driver::new(&[]);
+    d.engine.handle_accept_error(false, d.now);
+    assert!(!d.engine.accepting(false) && d.engine.accepting(true));
+    assert_eq!(d.engine.next_deadline(), Some(d.now + ACCEPT_PAUSE_MS));
+    d.engine.handle_timeout(d.now + ACCEPT_PAUSE_MS);
+    assert_eq!(d.engine.poll_action(), Some(Action::ResumeAccepting));
+    assert!(d.engine.accepting(false));
+    assert_eq!(d.engine.stats().accept_pauses, 1);
+}
+
+#[test]
+fn the_private_listener_and_refusals_have_slots_of_their_own() {
+    let config = Config::from_args(["test"]).expect("valid flags");
+    let mut engine = Engine::new(
+        config,
+        Options {
+            max_conns: 2,
+            public_slots: 2 + REFUSAL_SLOTS,
+            instance: None,
+            epoch: "e".into(),
+        },
+        0,
+    );
+    let public: Vec<usize> = (0..2 + REFUSAL_SLOTS)
+        .map(|_| engine.handle_accept(LOCAL, 0))
+        .collect();
+    // The public listener is out of slots; the private one is not.
+    assert!(!engine.accepting(false) && engine.accepting(true));
+    let private: Vec<usize> = (0..PRIVATE_SLOTS)
+        .map(|_| engine.handle_accept_private(LOCAL, 0))
+        .collect();
+    assert!(!engine.accepting(true));
+    assert_eq!(engine.stats().refused_max_conns, REFUSAL_SLOTS as u64);
+    // Past half the refusal slots, a refusal is closed once its answer is written.
+    engine.handle_flushed(public[2 + REFUSAL_SLOTS - 1], 0);
+    let mut closed = Vec::new();
+    while let Some(action) = engine.poll_action() {
+        closed.push(action);
+    }
+    assert_eq!(
+        closed,
+        [
+            Action::Close(public[2 + REFUSAL_SLOTS - 1]),
+            Action::ResumeAccepting
+        ]
+    );
+    assert!(engine.accepting(false));
+    engine.handle_io_error(private[0]);
+    assert_eq!(engine.poll_action(), Some(Action::Close(private[0])));
+    assert_eq!(engine.poll_action(), Some(Action::ResumeAccepting));
+    assert!(engine.accepting(true));
 }

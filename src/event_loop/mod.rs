@@ -35,10 +35,12 @@ const METRICS: Token = Token(usize::MAX - 3);
 const READS_PER_TURN: usize = 16;
 /// Most slices handed to one `writev` (well under IOV_MAX = 1024).
 const MAX_IOV: usize = 64;
-/// File descriptors kept out of the default `--max-conns`: the server's own
-/// (stdio, poll, listeners, signal pipe, waker, Redis: at most 16), public
-/// connections being refused, and the private listener's.
-const RESERVED_FDS: u64 = 16 + (REFUSAL_SLOTS + PRIVATE_SLOTS) as u64;
+/// The server's own file descriptors, at most: stdio, poll, listeners,
+/// signal pipe, waker, Redis.
+const OWN_FDS: u64 = 16;
+/// File descriptors kept out of the default `--max-conns`: the server's own,
+/// public connections being refused, and the private listener's.
+const RESERVED_FDS: u64 = OWN_FDS + (REFUSAL_SLOTS + PRIVATE_SLOTS) as u64;
 /// Connections the kernel may hold for us before we accept them (capped by somaxconn).
 const LISTEN_BACKLOG: libc::c_int = 4096;
 
@@ -122,8 +124,19 @@ impl Server {
             .saturating_sub(RESERVED_FDS)
             .clamp(1, crate::config::MAX_CONNS as u64) as usize;
         let max_conns = config.max_conns.unwrap_or(default_max);
+        // Whatever --max-conns says, public connections never take the
+        // descriptors kept for the server and the private listener.
+        let public_slots = fd_limit.saturating_sub(OWN_FDS + PRIVATE_SLOTS as u64) as usize;
+        if max_conns + REFUSAL_SLOTS > public_slots {
+            eprintln!(
+                "websocket-public-chat: --max-conns {max_conns} is more than the open-file limit \
+                 ({fd_limit}) allows: past {public_slots} connections, new ones wait in the \
+                 kernel's accept queue"
+            );
+        }
         let options = Options {
             max_conns,
+            public_slots,
             instance: backplane.as_ref().map(Backplane::instance),
             epoch: random_epoch(),
         };

@@ -384,6 +384,7 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
         config,
         Options {
             max_conns: settings.max_clients * 2,
+            public_slots: usize::MAX,
             instance: Some(INSTANCE),
             epoch: EPOCH.into(),
         },
