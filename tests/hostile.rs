@@ -545,3 +545,42 @@ fn a_scrape_costs_the_loop_the_same_whatever_the_number_of_connections() {
         held.len()
     );
 }
+
+#[test]
+fn one_pong_waits_for_a_client_that_stopped_reading_whatever_comes_between() {
+    let server =
+        ServerProcess::start(&["--max-backlog", "16777216", "--max-message-size", "1048576"]);
+    let stream = connect_with("127.0.0.1", Some(4096), &server);
+    let mut stalled = RawClient::over(stream);
+    stalled.upgrade();
+    stalled.send_json(json!({"type": "join", "user": "stalled"}));
+    let mut big = Client::joined(&server, "big");
+    let mut small = [Client::joined(&server, "s0"), Client::joined(&server, "s1")];
+    // 8 MB the stalled client does not read: its socket is full.
+    let text = "z".repeat(1_000_000);
+    for _ in 0..8 {
+        big.queue(json!({"type": "chat", "text": text}));
+    }
+    big.flush();
+    big.sync();
+    // A ping, a chat, a ping, a chat...: the pongs replace each other.
+    for i in 0..20 {
+        stalled.send_frame(FIN | PING, &[i]);
+        sleep(Duration::from_millis(20));
+        small[i as usize % 2].send(json!({"type": "chat", "text": format!("c{i}")}));
+        small[i as usize % 2].sync();
+    }
+    sleep(Duration::from_millis(100));
+    let (mut pongs, mut chats) = (Vec::new(), 0);
+    while chats < 28 {
+        let (first, payload) = stalled.read_frame().expect("a frame");
+        match first & 0x0F {
+            PONG => pongs.push(payload),
+            TEXT if payload.starts_with(br#"{"type":"chat""#) => chats += 1,
+            _ => {}
+        }
+    }
+    // The first ping may be answered before the socket filled; the rest is one pong, the latest.
+    assert!(pongs.len() <= 2, "{} pongs: {pongs:?}", pongs.len());
+    assert_eq!(pongs.last(), Some(&vec![19]));
+}

@@ -7,10 +7,11 @@
 //! The queue is charged what it costs in memory, not only its bytes: each
 //! frame adds `FRAME_COST` for its allocation header, the allocator's rounding
 //! and its queue slot. While the socket refuses bytes (the peer is not
-//! reading), a new pong replaces a pong still waiting at the end of the
-//! queue: RFC 6455 §5.5.3 allows answering only the latest ping, so a flood
-//! of pings costs one pong. While the socket takes everything, every ping
-//! gets its own pong, in order (what clients and Autobahn's 2.10 expect).
+//! reading), at most one pong waits among the frames queued since: a new
+//! pong replaces it where it stands (RFC 6455 §5.5.3 allows answering only
+//! the latest ping), so a flood of pings costs one pong however many chats
+//! come between them. While the socket takes everything, every ping gets
+//! its own pong, in order (what clients and Autobahn's 2.10 expect).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -34,12 +35,20 @@ pub struct Outbox {
     /// The frame going out. Usually the only one (a reply, or one chat per
     /// turn), so it is kept here and the queue below is not allocated.
     front: Option<Rc<[u8]>>,
-    /// Bytes of `front` already written.
-    front_written: usize,
     /// Frames behind it, allocated only when more than one waits.
     rest: VecDeque<Rc<[u8]>>,
     /// What everything queued costs: unwritten bytes plus `FRAME_COST` per frame.
     cost: usize,
+    /// Bytes of `front` already written (a frame is under 4 GiB: a message
+    /// is at most 1 GiB).
+    front_written: u32,
+    /// Frames ever queued (wrapping): with the queue's length, where each
+    /// queued frame stands.
+    pushed: u32,
+    /// While blocked, the number (`pushed` before it) of the pong waiting.
+    /// (These fit where the struct had padding: an idle connection is no larger.)
+    pong: u32,
+    has_pong: bool,
     /// The last flush left bytes the socket did not take.
     blocked: bool,
 }
@@ -47,6 +56,7 @@ pub struct Outbox {
 impl Outbox {
     /// Queues a frame behind the others.
     pub fn push(&mut self, frame: Rc<[u8]>) {
+        self.pushed = self.pushed.wrapping_add(1);
         self.cost += frame.len() + FRAME_COST;
         if self.front.is_none() {
             self.front = Some(frame);
@@ -55,28 +65,59 @@ impl Outbox {
         }
     }
 
-    /// Queues a pong. While the socket is blocked, it replaces a pong that
-    /// waits, unstarted, at the end of the queue.
+    /// Queues a pong. While the socket is blocked, it replaces the pong
+    /// waiting (unstarted) among the frames queued since it blocked, or a
+    /// pong waiting unstarted at the end of the queue.
     pub fn push_pong(&mut self, pong: Rc<[u8]>) {
-        let waiting = match self.rest.back_mut() {
-            Some(last) => Some(last),
-            None if self.front_written == 0 => self.front.as_mut(),
-            None => None,
-        };
-        if self.blocked
-            && let Some(last) = waiting
-            && last.first() == Some(&PONG)
-        {
-            self.cost = self.cost - last.len() + pong.len();
-            *last = pong;
-            return;
+        if !self.blocked {
+            return self.push(pong);
         }
-        self.push(pong);
+        let len = self.len();
+        let first = self.pushed.wrapping_sub(len as u32);
+        let unstarted = |at: usize| at > 0 || self.front_written == 0;
+        let tracked = Some(self.pong.wrapping_sub(first) as usize)
+            .filter(|&at| self.has_pong && at < len && unstarted(at));
+        let last = len
+            .checked_sub(1)
+            .filter(|&at| unstarted(at) && self.get(at).first() == Some(&PONG));
+        match tracked.or(last) {
+            Some(at) => {
+                let slot = match at {
+                    0 => self.front.as_mut(),
+                    at => self.rest.get_mut(at - 1),
+                };
+                if let Some(slot) = slot {
+                    self.cost = self.cost - slot.len() + pong.len();
+                    *slot = pong;
+                }
+                self.pong = first.wrapping_add(at as u32);
+            }
+            None => {
+                self.push(pong);
+                self.pong = self.pushed.wrapping_sub(1);
+            }
+        }
+        self.has_pong = true;
+    }
+
+    /// Frames queued.
+    fn len(&self) -> usize {
+        self.rest.len() + usize::from(self.front.is_some())
+    }
+
+    /// The frame at `at` in the queue (0: the one going out); empty if none.
+    fn get(&self, at: usize) -> &[u8] {
+        let frame = match at {
+            0 => self.front.as_ref(),
+            at => self.rest.get(at - 1),
+        };
+        frame.map_or(&[], |f| &f[..])
     }
 
     /// Records how a flush ended: `blocked` if the socket left bytes queued.
     pub fn set_blocked(&mut self, blocked: bool) {
         self.blocked = blocked;
+        self.has_pong &= blocked;
     }
 
     /// What the queue costs in memory (its backlog for `--max-backlog`).
@@ -101,7 +142,7 @@ impl Outbox {
         let Some(front) = &self.front else {
             return 0;
         };
-        let queued = [&front[self.front_written..]]
+        let queued = [&front[self.front_written as usize..]]
             .into_iter()
             .chain(self.rest.iter().map(|f| &f[..]));
         let mut count = 0;
@@ -115,9 +156,9 @@ impl Outbox {
     /// Drops the first `written` bytes, which the socket took.
     pub fn advance(&mut self, mut written: usize) {
         while let Some(front) = &self.front {
-            let left = front.len() - self.front_written;
+            let left = front.len() - self.front_written as usize;
             if written < left {
-                self.front_written += written;
+                self.front_written += written as u32;
                 self.cost -= written;
                 return;
             }
@@ -211,13 +252,17 @@ mod tests {
         for n in 4..100 {
             out.push_pong(pong(n));
         }
-        assert_eq!(out.cost(), 3 + 3 + 4 + 3 + 4 * FRAME_COST);
+        // One pong waits however many chats come between the pings: the
+        // latest, where the first stood.
+        for n in 100..200 {
+            out.push(Rc::from(&b"chat"[..]));
+            out.push_pong(pong(n));
+        }
+        assert_eq!(out.cost(), 3 + 3 + 101 * 4 + 103 * FRAME_COST);
         let mut got = Vec::new();
         drain(&mut out, 1, &mut got);
-        assert_eq!(
-            got,
-            [&[PONG, 1, 1][..], &[PONG, 1, 3], b"chat", &[PONG, 1, 99]].concat()
-        );
+        let chats = b"chat".repeat(101);
+        assert_eq!(got, [&[PONG, 1, 1][..], &[PONG, 1, 199], &chats].concat());
         // A pong that started going out is never replaced.
         let mut out = Outbox::default();
         out.set_blocked(true);
@@ -227,6 +272,12 @@ mod tests {
         let mut got = Vec::new();
         drain(&mut out, 64, &mut got);
         assert_eq!(got, [&[1, 1][..], &[PONG, 1, 2]].concat());
+    }
+
+    #[test]
+    fn the_pong_bookkeeping_costs_no_memory() {
+        // It fits where the struct had padding (a usize `front_written`, a bool).
+        assert_eq!(std::mem::size_of::<Outbox>(), 72);
     }
 
     #[test]
