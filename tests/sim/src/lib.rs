@@ -30,7 +30,7 @@ use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::{Message, WebSocket};
 use websocket_public_chat::config::Config;
-use websocket_public_chat::engine::cluster::{FromCluster, Origin};
+use websocket_public_chat::engine::cluster::{FromCluster, Origin, Read as StreamRead, Stream};
 use websocket_public_chat::engine::stats::Counters;
 use websocket_public_chat::engine::{Action, Engine, Options};
 use websocket_public_chat::websocket::frame::{self, OpCode, Role};
@@ -326,6 +326,9 @@ pub struct Settings {
     pub max_clients: usize,
     /// Random steps before the drain.
     pub steps: usize,
+    /// Redis orders the room (the harness plays Redis: the stream, the
+    /// subscription, the history reader); else the instance orders it.
+    pub ordered: bool,
 }
 
 impl Default for Settings {
@@ -349,6 +352,7 @@ impl Default for Settings {
             flags: flags.iter().map(|f| f.to_string()).collect(),
             max_clients: 24,
             steps: 800,
+            ordered: false,
         }
     }
 }
@@ -391,6 +395,13 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
         0,
     );
     engine.handle_cluster(FromCluster::Publisher { up: true }, 0);
+    if settings.ordered {
+        let up = FromCluster::Up {
+            epoch: EPOCH.into(),
+            last: 0,
+        };
+        engine.handle_cluster(up, 0);
+    }
     let mut sim = Sim {
         engine,
         now: 0,
@@ -410,6 +421,9 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
         joined: 0,
         presence_seen: Vec::new(),
         pong_timeout: flag(settings, "--pong-timeout").map_or(60_000, |s| (s * 1000.0) as u64),
+        backlog: flag(settings, "--max-backlog").map_or(1 << 20, |b| b as usize),
+        max_message: flag(settings, "--max-message-size").map_or(1 << 16, |b| b as usize),
+        redis: settings.ordered.then(Redis::default),
     };
     let outcome = sim
         .steps(source, settings.steps)
@@ -444,18 +458,22 @@ fn is_pong(frame: &[u8]) -> bool {
     matches!(frame, [0x8A, len, ..] if usize::from(*len) + 2 == frame.len())
 }
 
+/// The payload of a whole text frame the server wrote (empty if it is not one).
+fn payload(frame: &[u8]) -> &[u8] {
+    match frame::parse_header(frame, Role::Client) {
+        Ok(Some((header, len))) if header.opcode == OpCode::Text => &frame[len..],
+        _ => &[],
+    }
+}
+
 /// The count in a whole presence frame, if `frame` is one.
 fn presence_count(frame: &[u8]) -> Option<u64> {
-    let (header, len) = frame::parse_header(frame, Role::Client).ok().flatten()?;
-    let payload = frame.get(len..)?;
-    if header.opcode != OpCode::Text
-        || payload.len() as u64 != header.payload_len
-        || !payload.starts_with(br#"{"type":"presence""#)
-    {
+    let payload = payload(frame);
+    if !payload.starts_with(br#"{"type":"presence""#) {
         return None;
     }
     let json: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    (json["type"] == "presence").then(|| json["online"].as_u64())?
+    json["online"].as_u64()
 }
 
 struct Sim {
@@ -484,7 +502,36 @@ struct Sim {
     presence_seen: Vec<usize>,
     /// `--pong-timeout` in ms.
     pong_timeout: u64,
+    /// `--max-backlog` and `--max-message-size`.
+    backlog: usize,
+    max_message: usize,
+    /// When Redis orders the room: what the harness plays of it.
+    redis: Option<Redis>,
 }
+
+/// Redis as the harness plays it: the stream (every chat published, in
+/// order, its id its place from 1, trimmed to the newest `STREAM_KEPT`),
+/// how much of it the subscription has delivered, and history reads not
+/// answered yet.
+#[derive(Default)]
+struct Redis {
+    stream: Vec<Published>,
+    delivered: usize,
+    reads: VecDeque<(usize, u32, StreamRead)>,
+}
+
+/// A chat in the stream: who sent it (for the log), its text's id, its JSON.
+struct Published {
+    sender: Option<usize>,
+    id: String,
+    origin: Origin,
+    json: Vec<u8>,
+}
+
+/// Entries the played stream keeps (`MAXLEN ~ --history`, and a little more).
+const STREAM_KEPT: usize = HISTORY_KEPT as usize + 10;
+/// What the read script counts per entry beyond its fields, and the budget.
+const ENTRY_COST: usize = 512 + 64;
 
 /// Counters that account for a connection closed without a clean end.
 fn unclean_budget(c: &Counters) -> u64 {
@@ -591,10 +638,17 @@ impl Sim {
 
     fn carry_out(&mut self, action: Action) -> Result<(), String> {
         match action {
-            Action::ReadHistory { .. } => {
-                return Err("read history while ordering its own chats".into());
+            Action::ReadHistory { key, conn, read } => {
+                let Some(redis) = &mut self.redis else {
+                    return Err("read history while ordering its own chats".into());
+                };
+                let last = redis.delivered as u64;
+                if read.after >= read.upto || read.upto > last {
+                    return Err(format!("read {read:?} with {last} relayed"));
+                }
+                redis.reads.push_back((key, conn, read));
             }
-            Action::Publish { frame, .. } => {
+            Action::Publish { frame, origin } => {
                 let (header, len) = frame::parse_header(&frame, Role::Client)
                     .ok()
                     .flatten()
@@ -604,13 +658,27 @@ impl Sim {
                 let (Some(_), Some(text)) = (json["user"].as_str(), json["text"].as_str()) else {
                     return Err(format!("published {json} ({header:?})"));
                 };
-                if json["id"].as_u64() != Some(self.log.len() as u64 + 1) {
-                    return Err(format!("chat {} relayed as {json}", self.log.len() + 1));
+                if let Some(redis) = &mut self.redis {
+                    // Into the stream; relayed when the subscription delivers it.
+                    let json = serde_json::json!({
+                        "type": "chat", "room": "public", "user": json["user"], "text": text,
+                        "ts": json["ts"],
+                    });
+                    redis.stream.push(Published {
+                        sender: self.reading_from,
+                        id: chat_id(text),
+                        origin,
+                        json: json.to_string().into_bytes(),
+                    });
+                } else {
+                    if json["id"].as_u64() != Some(self.log.len() as u64 + 1) {
+                        return Err(format!("chat {} relayed as {json}", self.log.len() + 1));
+                    }
+                    self.log.push(Relayed {
+                        sender: self.reading_from,
+                        id: chat_id(text),
+                    });
                 }
-                self.log.push(Relayed {
-                    sender: self.reading_from,
-                    id: chat_id(text),
-                });
                 if let Some(index) = self.reading_from {
                     self.check_rate(index)?;
                 }
@@ -689,6 +757,30 @@ impl Sim {
                 return Err(format!(
                     "{name}: {count} frames queued cost {real} bytes, {charged} charged"
                 ));
+            }
+            // A catch-up is fed as its client reads: at most half the backlog
+            // of replayed chats waits (with Redis, a read may add the other
+            // half), and one chat past it. Replayed: every chat queued while
+            // it catches up, or before the `joined` that ended it.
+            let catching_up = self.engine.is_joined(key) && !self.engine.is_member(key);
+            let ended = frames
+                .iter()
+                .position(|f| payload(f).starts_with(br#"{"type":"joined""#));
+            if catching_up || ended.is_some() {
+                let replay: usize = frames[..ended.unwrap_or(frames.len())]
+                    .iter()
+                    .filter(|f| payload(f).starts_with(br#"{"type":"chat""#))
+                    .map(|f| f.len() + 64)
+                    .sum();
+                let paced = match self.redis {
+                    Some(_) => self.backlog,
+                    None => self.backlog / 2,
+                };
+                if replay > paced + self.max_message + 512 + 64 {
+                    return Err(format!(
+                        "{name}: {replay} bytes of replay queued at once (paced to {paced})"
+                    ));
+                }
             }
             let since_full = frames.get(client.queued_when_blocked..).unwrap_or_default();
             let pongs = since_full.iter().filter(|f| is_pong(f)).count();
@@ -822,7 +914,14 @@ impl Sim {
             self.persons.len() - 1
         });
         let name = self.persons[person].name.clone();
-        let since = returning.map(|p| self.persons[p].last_seen);
+        let mut since = returning.map(|p| self.persons[p].last_seen);
+        // With Redis: now and then someone comes back having seen, on another
+        // instance, chats this one has not relayed yet (all the stream has).
+        if let (Some(redis), Some(seen)) = (&self.redis, since.as_mut())
+            && source.below(4) == Some(0)
+        {
+            *seen = (*seen).max(redis.stream.len() as u64);
+        }
         let wire = Rc::new(RefCell::new(Wire::default()));
         {
             let mut w = wire.borrow_mut();
@@ -956,6 +1055,11 @@ impl Sim {
     /// One loop turn for everyone: the server reads what each client sent
     /// (in a random split), flushes, and each client reads at its speed.
     fn pump(&mut self, source: &mut impl Source) -> Result<(), String> {
+        if self.redis.is_some() {
+            let chats = source.below(4).unwrap_or(0) as usize;
+            let reads = source.below(3).unwrap_or(0) as usize;
+            self.play_redis(chats, reads, source)?;
+        }
         for index in self.live() {
             self.deliver_to(index, source);
             self.after_call()?;
@@ -1192,6 +1296,97 @@ impl Sim {
         }
     }
 
+    /// Redis's part: the subscription delivers up to `chats` chats of the
+    /// stream, in order, and up to `reads` history reads are answered (from
+    /// what the stream still keeps, within the read's budget, as the read
+    /// script does), fail, or are never answered (the engine gives up).
+    fn play_redis(
+        &mut self,
+        chats: usize,
+        reads: usize,
+        source: &mut impl Source,
+    ) -> Result<(), String> {
+        for _ in 0..chats {
+            let Some(redis) = &mut self.redis else {
+                return Ok(());
+            };
+            let Some(chat) = redis.stream.get(redis.delivered) else {
+                break;
+            };
+            redis.delivered += 1;
+            let id = redis.delivered as u64;
+            self.log.push(Relayed {
+                sender: chat.sender,
+                id: chat.id.clone(),
+            });
+            let message = FromCluster::Chat {
+                id,
+                origin: chat.origin,
+                json: chat.json.clone(),
+            };
+            self.engine.handle_cluster(message, self.now);
+            self.note(format!("Redis delivers chat {id}"));
+            self.after_call()?;
+        }
+        for _ in 0..reads {
+            let Some(redis) = &mut self.redis else {
+                return Ok(());
+            };
+            let Some((key, conn, read)) = redis.reads.pop_front() else {
+                break;
+            };
+            let stream = match source.below(10) {
+                Some(0) => None,
+                Some(1) => {
+                    self.note(format!("Redis never answers {read:?}"));
+                    continue;
+                }
+                _ => Some(self.read_stream(read)),
+            };
+            self.note(format!(
+                "Redis answers {read:?}: {:?}",
+                stream.as_ref().map(|s| (s.chats.len(), s.cut))
+            ));
+            let answer = FromCluster::History {
+                key,
+                conn,
+                read,
+                stream,
+            };
+            self.engine.handle_cluster(answer, self.now);
+            self.after_call()?;
+        }
+        Ok(())
+    }
+
+    /// What the read script returns for `read` from the played stream.
+    fn read_stream(&self, read: StreamRead) -> Stream {
+        let Some(redis) = &self.redis else {
+            return Stream::default();
+        };
+        let budget = self.backlog / 2;
+        let first_kept = redis.stream.len().saturating_sub(STREAM_KEPT) as u64 + 1;
+        let mut chats = Vec::new();
+        let mut spent = 0;
+        let mut cut = false;
+        for id in (read.after + 1).max(first_kept)..=read.upto {
+            let json = &redis.stream[id as usize - 1].json;
+            let cost = json.len() + ENTRY_COST;
+            if !chats.is_empty() && spent + cost > budget {
+                cut = true;
+                break;
+            }
+            spent += cost;
+            chats.push((id, json.clone()));
+        }
+        Stream {
+            epoch: EPOCH.into(),
+            last: redis.stream.len() as u64,
+            chats,
+            cut,
+        }
+    }
+
     /// A chat from another instance arrives through the backplane.
     fn remote_chat(&mut self, source: &mut impl Source) {
         self.remote_seq += 1;
@@ -1199,19 +1394,30 @@ impl Sim {
         let pad = "r".repeat(source.below(300).unwrap_or(0) as usize);
         let json =
             format!(r#"{{"type":"chat","room":"public","user":"remote","text":"{text} {pad}"}}"#);
+        let origin = Origin {
+            instance: INSTANCE + 1,
+            key: 0,
+            conn: 0,
+            seq: 1,
+            relayed_here: false,
+        };
+        if let Some(redis) = &mut self.redis {
+            redis.stream.push(Published {
+                sender: None,
+                id: text.clone(),
+                origin,
+                json: json.into_bytes(),
+            });
+            self.note(format!("remote chat {text} into the stream"));
+            return;
+        }
         self.log.push(Relayed {
             sender: None,
             id: text.clone(),
         });
         let chat = FromCluster::Chat {
             id: self.remote_seq.into(),
-            origin: Origin {
-                instance: INSTANCE + 1,
-                key: 0,
-                conn: 0,
-                seq: 1,
-                relayed_here: false,
-            },
+            origin,
             json: json.into_bytes(),
         };
         self.engine.handle_cluster(chat, self.now);
@@ -1275,6 +1481,9 @@ impl Sim {
         for _ in 0..200 {
             if self.finished {
                 return Ok(());
+            }
+            if self.redis.is_some() {
+                self.play_redis(usize::MAX, usize::MAX, &mut Rng::new(1))?;
             }
             for index in 0..self.clients.len() {
                 self.read_client(index, Some(()));
@@ -1377,6 +1586,13 @@ impl Sim {
             }
         }
         let replayed = &client.replayed;
+        // Told it recovered, it was told of a room at least where it had been.
+        if recovered && client.since.is_some_and(|seen| last < seen) {
+            return Err(format!(
+                "{name} had seen {:?}, was told it recovered at {last}",
+                client.since
+            ));
+        }
         let first = client.since.map_or(1, |seen| seen + 1);
         if replayed.windows(2).any(|w| w[0] >= w[1])
             || replayed.iter().any(|&id| id < first || id > last)
