@@ -141,6 +141,8 @@ async fn main() {
     print_stats(&stats, started.elapsed());
 }
 
+// tungstenite's handshake callback returns its large error type by value.
+#[allow(clippy::result_large_err)]
 async fn handle_connection(
     peers: PeerMap,
     stats: Arc<Stats>,
