@@ -47,8 +47,9 @@ if command -v python3 >/dev/null && python3 -c 'import venv' 2>/dev/null; then
     "$venv/bin/python" -m pip install --disable-pip-version-check -q -r benchmark/peers/python-websockets/requirements.txt >&2
   fi
   py_kib=$(du -sk "$("$venv/bin/python" -c 'import websockets, os; print(os.path.dirname(websockets.__file__))')" | cut -f1)
+  libpython=$("$venv/bin/python" -c 'import sysconfig, os; print(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")))')
   printf 'python-websockets\t%s\t%s\n' "$venv/bin/python benchmark/peers/python-websockets/server.py --port {port}" \
-    "CPython $("$venv/bin/python" -c 'import platform; print(platform.python_version())') + websockets $py_kib KiB" >>"$list"
+    "CPython $("$venv/bin/python" -c 'import platform; print(platform.python_version())') ($(size "$(readlink -f "$libpython")") B, its standard library not counted) + websockets $py_kib KiB" >>"$list"
 else
   echo "peers/build.sh: python-websockets skipped: needs python3 with venv" >&2
 fi

@@ -1,7 +1,10 @@
 //! `fanout`: N joined connections; S of them send R chats/s each, spread
-//! evenly in time. Every chat carries its send time, so each receiver
-//! measures delivery latency; the report has deliveries/s, the delivery ratio
-//! and the latency distribution.
+//! evenly in time on a fixed schedule (open loop). Every chat carries the
+//! time it was scheduled for, so each receiver measures delivery latency from
+//! then: a send the generator made late is not hidden (no coordinated
+//! omission), and late sends are counted. The report has deliveries/s, the
+//! delivery ratio, the latency distribution (an HDR histogram) and the
+//! server's memory per connection.
 
 use std::time::{Duration, Instant};
 
@@ -49,15 +52,24 @@ pub fn run(
         chats: Deliveries::default(),
         lost_connections: 0,
     };
+    let before = server.sample();
     let mut keys = Vec::with_capacity(settings.connections);
     for _ in 0..settings.connections {
         keys.push(fleet.connect()?);
     }
-    let setup_deadline = Instant::now() + Duration::from_secs(30);
+    // Slow servers take a while to let 19,000 in: up to 5 ms each, at least 30 s.
+    let setup = Duration::from_millis((settings.connections as u64 * 5).max(30_000));
+    let setup_deadline = Instant::now() + setup;
     while state.joined < settings.connections && Instant::now() < setup_deadline {
         fleet.turn(Some(Duration::from_millis(100)), &mut state)?;
     }
     let joined = state.joined;
+    let memory = match (before, server.sample()) {
+        (Some(before), Some(after)) if joined > 0 => {
+            Some(after.rss_kib.saturating_sub(before.rss_kib) as f64 * 1024.0 / joined as f64)
+        }
+        _ => None,
+    };
 
     // Sends are spread evenly: every `gap`, the next sender in turn sends one chat.
     let senders = settings.senders.min(keys.len());
@@ -67,10 +79,16 @@ pub fn run(
     let stop = started + settings.duration;
     let mut next_send = started;
     let mut turn = 0usize;
+    let (mut late, mut most_late) = (0u64, Duration::ZERO);
     while senders > 0 && Instant::now() < stop {
         let now = Instant::now();
         while next_send <= now && next_send < stop {
-            let payload = state.chats.next_chat();
+            let lag = now.saturating_duration_since(next_send);
+            if lag > Duration::from_millis(1) {
+                late += 1;
+                most_late = most_late.max(lag);
+            }
+            let payload = state.chats.scheduled_chat(next_send);
             fleet.send_text(keys[turn % senders], &payload);
             turn += 1;
             next_send += gap;
@@ -109,7 +127,12 @@ pub fn run(
     };
     report.set("delivery_ratio", ratio);
     report.latency(&chats.latency);
+    report.set("late_sends", late as f64);
+    report.set("send_lag_max_ms", most_late.as_secs_f64() * 1000.0);
     report.set("lost_connections", state.lost_connections as f64);
+    if let Some(bytes) = memory {
+        report.set("server_bytes_per_connection", bytes);
+    }
     report.cpu(&window, server, "deliveries", chats.received);
     Ok(report)
 }

@@ -235,6 +235,14 @@ impl Deliveries {
         chat_payload(self.clock.micros())
     }
 
+    /// A chat stamped with the time it was scheduled for (`at`), counted as
+    /// sent: a send the generator made late still counts its latency from
+    /// when it should have gone (no coordinated omission).
+    pub fn scheduled_chat(&mut self, at: Instant) -> Vec<u8> {
+        self.sent += 1;
+        chat_payload(at.saturating_duration_since(self.clock.0).as_micros() as u64)
+    }
+
     pub fn received(&mut self, sent_at: Option<u64>) {
         self.received += 1;
         if let Some(sent_at) = sent_at {
