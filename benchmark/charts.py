@@ -52,7 +52,7 @@ def profile_a(run, base):
         ax.set_title(f"{label} latency")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("ms, send to receipt (log)")
-    axes[-1].legend(fontsize=8)
+    axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Profile A: latency against connections ({title})")
     save(fig, base + "-latency.svg")
 

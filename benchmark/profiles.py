@@ -42,7 +42,7 @@ SIZES = [1000, 5000, 10000, 19000]
 # stays well under its core (about 30 %) and ours under a third of its own;
 # a server that cannot keep up shows it in latency and the delivery ratio.
 DELIVERIES = 60_000
-KNEE_SENDERS = [5, 10, 20, 50, 100, 150, 200, 300, 400, 600]
+KNEE_SENDERS = [1, 2, 5, 10, 20, 50, 100, 150, 200, 300, 400, 600]
 PIN_SERVER = ["taskset", "-c", "0"] if (os.cpu_count() or 1) >= 2 else []
 PIN_LOADGEN = ["taskset", "-c", "1"] if (os.cpu_count() or 1) >= 2 else []
 
@@ -312,12 +312,13 @@ def markdown(run):
         knees = [r for r in run["results"] if r["step"] == "knee"]
         if knees:
             out += ["", "The knee at 1,000 connections (9 chats/s per sender; held: p99 <= 50 ms and ratio >= 0.999):",
-                    "", "| Server | Senders | Offered/s | Delivered/s | Ratio | p99 ms | Held |", "| --- |" + " --- |" * 6]
+                    "", "| Server | Senders | Offered/s | Delivered/s | Ratio | p99 ms | Held | Generator CPU % |",
+                    "| --- |" + " --- |" * 7]
             for r in knees:
                 held = r["latency_p99_ms"] <= 50 and r["delivery_ratio"] >= 0.999
                 out.append(f"| {r['server']} | {r['senders']:.0f} | {fmt(r['offered_deliveries_per_sec'])} | "
                            f"{fmt(r['deliveries_per_sec'])} | {r['delivery_ratio']:.4f} | {fmt(r['latency_p99_ms'])} | "
-                           f"{'yes' if held else 'no'} |")
+                           f"{'yes' if held else 'no'} | {fmt(r.get('loadgen_cpu_percent'))} |")
             out += ["", "| Server | Highest load held at 1,000 connections |", "| --- | --- |"]
             for name in dict.fromkeys(r["server"] for r in knees):
                 held = [r["offered_deliveries_per_sec"] for r in knees

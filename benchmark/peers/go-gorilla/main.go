@@ -205,9 +205,11 @@ func (c *client) readPump() {
 				return
 			}
 		case "leave":
+			// The client's close frame ends ReadMessage (gorilla sends
+			// nothing after our close frame meanwhile).
 			c.conn.WriteControl(websocket.CloseMessage,
 				websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"), time.Now().Add(writeWait))
-			return
+			c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 		}
 	}
 }

@@ -252,13 +252,15 @@ async fn handle_connection(
                 let _ = tx.send(Message::Text(pong.into())).await;
             }
             ("leave", _) => {
+                // Out of the room; the close handshake ends the stream (the
+                // client's close frame is the last thing read).
+                peers.lock().expect("peers").remove(&addr);
                 let _ = tx
                     .send(Message::Close(Some(CloseFrame {
                         code: CloseCode::Normal,
                         reason: "bye".into(),
                     })))
                     .await;
-                break;
             }
             _ => {}
         }
