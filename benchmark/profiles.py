@@ -39,8 +39,8 @@ LOADGEN = os.path.join(ROOT, "target/release/loadgen")
 SIZES = [1000, 5000, 10000, 19000]
 # Offered deliveries per second at every size: 7 senders x 8.6/s at 1,000
 # connections, one sender at 3.2/s at 19,000. Chosen so that the generator
-# stays well under its core (about 30 %) and ours under a third of its own;
-# a server that cannot keep up shows it in latency and the delivery ratio.
+# stays well under its core (25-50 % here); a server that cannot keep up
+# shows it in latency and the delivery ratio.
 DELIVERIES = 60_000
 KNEE_SENDERS = [1, 2, 5, 10, 20, 50, 100, 150, 200, 300, 400, 600]
 PIN_SERVER = ["taskset", "-c", "0"] if (os.cpu_count() or 1) >= 2 else []
