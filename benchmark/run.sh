@@ -208,9 +208,43 @@ recovery() {
   stop_server
 }
 
+# A deploy under load: people on an instance that gets SIGTERM come back
+# with the page's backoff and recover what they missed. Single: the same
+# instance again, keeping the room in --history-file. Cluster: the people
+# move to the other instance (Redis keeps the room). The generator starts
+# and stops these servers itself; it exits 1 if a chat was lost or
+# duplicated, or not everyone came back.
+restart_run() { # $1: server label, $2: scenario label, rest: loadgen arguments
+  local label=$1 scenario=$2
+  shift 2
+  echo "== $label: $scenario" >&2
+  "${pin_loadgen[@]}" "$loadgen" --json "$@" | tee "$work/last.json" | record "$label" "$scenario"
+}
+
+restarts() {
+  local people=10000 secs=3 port a b rport
+  [ "$quick" = 1 ] && people=300 secs=1
+  port=$(free_port)
+  restart_run websocket-public-chat "restart: $people people, --history-file" \
+    --url "ws://127.0.0.1:$port/ws" restart --people "$people" --chat "$secs" --seed 1 \
+    --server "${pin_server[*]} $server_bin --host 127.0.0.1 --port $port --history-file $work/history.json"
+  [ -x target/redis/release/websocket-public-chat ] || return 0
+  rport=$(free_port)
+  "${pin_server[@]}" redis-server --bind 127.0.0.1 --port "$rport" --save "" --appendonly no >"$work/redis.log" 2>&1 &
+  cluster_pids+=($!)
+  a=$(free_port)
+  b=$(free_port)
+  restart_run "websocket-public-chat ×2 + Redis" "restart: $people people move to the other instance" \
+    --url "ws://127.0.0.1:$a/ws" --url "ws://127.0.0.1:$b/ws" restart --people "$people" --chat "$secs" --seed 1 \
+    --server "${pin_server[*]} target/redis/release/websocket-public-chat --host 127.0.0.1 --port $a --redis redis://127.0.0.1:$rport/" \
+    --server "${pin_server[*]} target/redis/release/websocket-public-chat --host 127.0.0.1 --port $b --redis redis://127.0.0.1:$rport/"
+  stop_server
+}
+
 suite websocket-public-chat "$server_bin --host 127.0.0.1 --port {port}"
 recovery
 cluster
+restarts
 for cmd in "${compares[@]}"; do
   suite "$(basename "${cmd%% *}")" "$cmd"
 done
@@ -240,6 +274,9 @@ columns = {
     "churn": ["cycles_per_sec", "errors", "unclean_closes", "server_cpu_us_per_cycle", "loadgen_cpu_percent"],
     "reconnect": ["chats_sent", "drops", "recoveries", "recoveries_incomplete", "chats_received", "lost", "duplicated",
                   "server_cpu_us_per_chat", "loadgen_cpu_percent"],
+    "restart": ["people", "chats_sent", "down_s", "all_back_s", "all_caught_up_s", "recoveries", "recoveries_incomplete",
+                "lost", "duplicated", "connects_refused", "handshakes_failed", "storm_server_cpu_s",
+                "storm_server_cpu_us_per_rejoin"],
 "scenario": ["sessions", "connection_success_percent", "errors", "chats_sent", "deliveries_per_sec",
                  "drop_rate_percent", "latency_p50_ms", "latency_p99_ms", "server_cpu_percent"],
     "k6": ["ws_sessions", "ws_errors", "checks_passed_percent", "chats_received", "latency_p50_ms", "latency_p95_ms"],

@@ -57,6 +57,12 @@ pub struct Config {
     #[arg(long, value_name = "BYTES", default_value = "1048576", value_parser = in_range::<usize>(1024, MAX_BYTES))]
     pub history_bytes: usize,
 
+    /// Keep the room across clean restarts: at a clean stop write its epoch,
+    /// newest id and kept chats to FILE; at start take them back from it
+    /// (once: the file is removed). Ignored with --redis (Redis keeps the room).
+    #[arg(long, value_name = "FILE")]
+    pub history_file: Option<std::path::PathBuf>,
+
     /// Most simultaneous connections, 1 to 16777216 [default: what the open-file limit allows].
     #[arg(long, value_name = "N", value_parser = in_range::<usize>(1, MAX_CONNS))]
     pub max_conns: Option<usize>,
@@ -104,6 +110,13 @@ pub struct Config {
         default_value = "websocket-public-chat:public"
     )]
     pub redis_channel: String,
+}
+
+/// Milliseconds as seconds, as they were given (`500` → `0.5`), without
+/// float formatting (which would cost the binary several KiB for this alone).
+fn shown_seconds(ms: u64) -> String {
+    let text = format!("{}.{:03}", ms / 1000, ms % 1000);
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// Largest `--max-message-size` and `--max-backlog`: 1 GiB.
@@ -155,8 +168,8 @@ impl Config {
         if config.pong_timeout_ms <= config.ping_interval_ms {
             return Err(format!(
                 "--pong-timeout ({} s) must be more than --ping-interval ({} s)",
-                config.pong_timeout_ms as f64 / 1000.0,
-                config.ping_interval_ms as f64 / 1000.0
+                shown_seconds(config.pong_timeout_ms),
+                shown_seconds(config.ping_interval_ms)
             ));
         }
         Ok(config)
@@ -227,17 +240,19 @@ fn in_range<T: TryFrom<usize>>(
     }
 }
 
-/// Seconds, fractions allowed, from `min` to `max`, kept as milliseconds.
-fn seconds(text: &str, min: f64, max: f64) -> Result<u64, String> {
+/// Seconds, fractions allowed, from `min` to `max` (`range` says them as
+/// text: formatting floats would cost the binary several KiB), kept as
+/// milliseconds.
+fn seconds(text: &str, min: f64, max: f64, range: &str) -> Result<u64, String> {
     match text.parse::<f64>() {
         Ok(secs) if (min..=max).contains(&secs) => Ok((secs * 1000.0).round() as u64),
-        _ => Err(format!("must be a number of seconds from {min} to {max}")),
+        _ => Err(format!("must be a number of seconds from {range}")),
     }
 }
 
 /// `--duration`: 0 (no end), or 0.001 to 10^9 seconds.
 fn duration(text: &str) -> Result<u64, String> {
-    match seconds(text, 0.0, 1e9)? {
+    match seconds(text, 0.0, 1e9, "0 to 1000000000")? {
         // A time too short to count must not turn into "no end".
         0 if text.parse::<f64>().is_ok_and(|secs| secs > 0.0) => {
             Err("must be 0 (no end) or from 0.001 to 1000000000 seconds".into())
@@ -248,7 +263,7 @@ fn duration(text: &str) -> Result<u64, String> {
 
 /// Keepalive and handshake times: 10 ms to a day.
 fn timeout(text: &str) -> Result<u64, String> {
-    seconds(text, 0.01, 86_400.0)
+    seconds(text, 0.01, 86_400.0, "0.01 to 86400")
 }
 
 #[cfg(test)]

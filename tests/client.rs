@@ -212,9 +212,11 @@ fn failures_are_one_line_with_their_own_exit_status() {
 }
 
 #[test]
-fn a_lost_connection_reports_the_close_code() {
+fn a_lost_connection_reports_the_close_code_with_no_reconnect() {
     let server = ServerProcess::start(&[]);
-    let client = ChatClient::joined(&server, "alice");
+    let joins = server.stats()["joins"].as_u64().unwrap();
+    let client = ChatClient::start(&["--url", &server.url(), "--user", "alice", "--no-reconnect"]);
+    server.wait_counter("joins", joins + 1);
     server.signal(libc::SIGTERM);
     let (status, stderr) = client.wait_exit();
     assert_eq!(status.code(), Some(5), "{stderr}");
@@ -383,4 +385,69 @@ fn replayed_chats_show_their_senders_time_and_times_never_go_back() {
     bob.type_line("/quit");
     let (status, stderr) = bob.finish();
     assert!(status.success(), "{status} {stderr}");
+}
+
+#[test]
+fn the_client_comes_back_after_a_restart_and_prints_what_it_missed() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("client-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("room.json");
+    let _ = std::fs::remove_file(&file);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let args = ["--port", &port, "--history-file", file.to_str().unwrap()];
+    let server = ServerProcess::start(&args);
+    let mut alice = Client::joined(&server, "alice");
+    let mut bob = ChatClient::joined(&server, "bob");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    alice.send(json!({"type": "chat", "text": "before", "ts": now_ms()}));
+    bob.expect_chat("alice: before");
+
+    // A deploy: SIGTERM (1001), the same server again on the same port. Bob's
+    // first attempt comes 0.375-0.625 s after the close; Alice says
+    // something before it.
+    server.signal(libc::SIGTERM);
+    let _ = server.wait_exit(PATIENCE);
+    let server = ServerProcess::start(&args);
+    let mut alice = Client::joined(&server, "alice");
+    alice.send(json!({"type": "chat", "text": "while you were away", "ts": now_ms()}));
+    alice.sync();
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        lines.push(bob.lines.recv_timeout(PATIENCE).expect("bob came back"));
+    }
+    assert!(
+        lines.contains(&"-- reconnected --".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("] alice: while you were away")),
+        "{lines:?}"
+    );
+    // Back for good: live chats flow both ways, nothing twice.
+    alice.send(json!({"type": "chat", "text": "live", "ts": now_ms()}));
+    bob.expect_chat("alice: live");
+    bob.type_line("hello again");
+    assert_eq!(alice.recv()["text"], "hello again");
+    lines.extend(bob.lines.try_iter());
+    assert!(lines.iter().all(|l| !l.contains("before")), "{lines:?}");
+    bob.type_line("/quit");
+    let (status, stderr) = bob.finish();
+    assert!(status.success(), "{status} {stderr}");
+    assert!(
+        stderr.contains("1001 server shutting down; reconnecting in"),
+        "{stderr}"
+    );
 }

@@ -1094,3 +1094,68 @@ fn a_history_join_reads_no_more_from_redis_than_it_replays_and_memory_stays_boun
     assert_eq!(counted("process_open_fds"), open as u64 + 1, "{metrics}");
     assert_eq!(counted("websocket_public_chat_backplane_connections"), 4);
 }
+
+#[test]
+fn a_recovery_from_the_ring_equals_the_one_from_the_stream_until_the_subscription_is_cut() {
+    let redis = Redis::start(None);
+    let [a, b] = <[ServerProcess; 2]>::try_from(instances(&redis, 2))
+        .ok()
+        .unwrap();
+    let mut alice = Client::joined(&a, "alice");
+    let mut bob = Client::joined(&b, "bob");
+    let (_, _, joined) = join_with(&b, "dave", json!({"history": 0}));
+    let (epoch, since) = (joined["epoch"].clone(), joined["last"].clone());
+    // Ten: the rate limit's burst.
+    for n in 0..10 {
+        alice.send(json!({"type": "chat", "text": format!("c{n}"), "ts": n}));
+        // Bob is on B: once he has it, B has relayed it (and its ring holds it).
+        expect_chat(&mut bob, "alice", &format!("c{n}"));
+    }
+    let recover = |server: &ServerProcess, name: &str| {
+        let reads = server.stats()["backplane"]["history_reads"]
+            .as_u64()
+            .unwrap();
+        let (_, chats, joined) = join_with(server, name, json!({"since": since, "epoch": epoch}));
+        let read = server.stats()["backplane"]["history_reads"]
+            .as_u64()
+            .unwrap()
+            - reads;
+        (chats, joined, read)
+    };
+    // B relayed all ten: its ring answers, no read of the stream.
+    let (from_ring, joined_ring, reads) = recover(&b, "eve");
+    assert_eq!(reads, 0, "B read the stream for chats its ring holds");
+    assert_eq!(from_ring.len(), 10);
+    assert_eq!(joined_ring["recovered"], true, "{joined_ring}");
+    // An instance started after them has them only in the stream.
+    let c = linked(&redis.url(), 1, &[]).pop().unwrap();
+    let (from_stream, joined_stream, reads) = recover(&c, "eve");
+    assert!(reads >= 1, "C cannot have them in its ring");
+    assert_eq!(from_ring, from_stream, "ids, order, every field");
+    assert_eq!(joined_ring, joined_stream);
+
+    // B's subscription is cut: what it relayed since may have gaps, so
+    // its ring starts again and the same recovery reads the stream.
+    on_purpose("Redis cuts its subscribers off (a 33 MiB message): they log it down, then up");
+    assert_eq!(redis.publish(&vec![b'x'; (33 << 20) + 1]), 3);
+    let deadline = Instant::now() + PATIENCE;
+    while b.stats()["backplane"]["subscriptions_lost"] != 1 {
+        assert!(Instant::now() < deadline, "the cut was not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_link(&b, "subscriber", "up");
+    while b.stats()["order"] != "redis" {
+        assert!(
+            Instant::now() < deadline,
+            "Redis never ordered B's room again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (after_cut, joined_after, reads) = recover(&b, "frank");
+    assert!(
+        reads >= 1,
+        "B answered from a ring that a cut may have holed"
+    );
+    assert_eq!(after_cut, from_stream);
+    assert_eq!(joined_after, joined_stream);
+}

@@ -1,14 +1,17 @@
 //! `chat-client`: the terminal client. Connects, joins the public room,
 //! prints every chat as `[HH:MM:SS] name: text`, sends each line of stdin as
 //! a chat, answers pings, and leaves (leave, then close 1000) on `/quit` or at
-//! the end of its input. Two threads: this one reads the socket, a second one
-//! reads stdin; both write frames through one lock.
+//! the end of its input. A lost connection or a server that shuts down
+//! (1001) is opened again with the page's backoff, and the rejoin asks for
+//! what was missed (`since`/`epoch`), printed in place (`--no-reconnect`:
+//! exit instead). Two threads: this one reads the socket and reconnects, a
+//! second one reads stdin; both write frames through one lock.
 
 use std::hash::BuildHasher;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -53,6 +56,10 @@ struct Args {
     /// Largest chat the server takes, in bytes of JSON (its --max-message-size).
     #[arg(long, default_value_t = 65536, value_name = "BYTES")]
     max_message_size: usize,
+    /// Exit when the connection is lost or the server closes it, instead of
+    /// connecting again (status 5).
+    #[arg(long)]
+    no_reconnect: bool,
 }
 
 /// Why the client stopped early. Each kind has its own exit status.
@@ -65,6 +72,14 @@ enum Failure {
     Refused(Refusal),
     /// The connection ended without our asking: 5.
     Lost(String),
+}
+
+/// How one connection ended, if not by our leave.
+enum Ending {
+    /// Worth connecting again (a lost connection, 1001, ...), and why.
+    Lost(String),
+    /// Not worth it (the server said so, or broke the protocol).
+    Final(Failure),
 }
 
 fn main() -> ExitCode {
@@ -93,29 +108,68 @@ fn run(args: &Args) -> Result<(), Failure> {
     }
     let url = client::parse_url(&args.url)
         .map_err(|why| Failure::Usage(format!("--url {}: {why}", args.url)))?;
-    let mut stream = connect(&url, args.bind)?;
-    let _ = stream.set_nodelay(true);
-    let unread = handshake(&mut stream, &url)?;
-    let lost = |e: io::Error| Failure::Lost(format!("connection lost: {e}"));
+    // The first connection must work: a wrong address or a refusal is said at once.
+    let (mut stream, mut unread) = open(&url, args.bind)?;
     let shared = Arc::new(Shared {
-        sink: Mutex::new(Sink {
-            stream: stream.try_clone().map_err(lost)?,
-            seed: random_u64() | 1,
+        sink: Mutex::new(Link {
+            sink: None,
+            generation: 0,
         }),
+        connected: Condvar::new(),
         live: Mutex::new(args.history.is_none()),
         left_at: Mutex::new(None),
         last_shown: Mutex::new(0),
+        room: Mutex::new(Room::default()),
     });
-    shared
-        .send(
-            OpCode::Text,
-            client::join_json(&args.user, args.history).as_bytes(),
-        )
-        .map_err(lost)?;
     let stdin_side = Arc::clone(&shared);
     let max = args.max_message_size;
     std::thread::spawn(move || stdin_side.pump_stdin(max));
-    shared.read_socket(stream, unread)
+    let mut retry = 0;
+    loop {
+        let ending = shared.session(stream, unread, args);
+        let why = match ending {
+            Ok(()) => return Ok(()),
+            Err(Ending::Final(failure)) => return Err(failure),
+            Err(Ending::Lost(why)) if args.no_reconnect => return Err(Failure::Lost(why)),
+            Err(Ending::Lost(why)) => why,
+        };
+        // Coming back, with the page's backoff, until it works or we leave.
+        let mut why = why;
+        (stream, unread) = loop {
+            if shared.left_at().is_some() {
+                return Ok(()); // The input ended while the connection was down.
+            }
+            let delay = client::backoff(retry, 0.75 + (random_u64() % 1001) as f64 / 2000.0);
+            retry += 1;
+            eprintln!(
+                "chat-client: {}; reconnecting in {:.1} s",
+                client::terminal(&why),
+                delay.as_secs_f64()
+            );
+            if shared.sleep_unless_leaving(delay) {
+                return Ok(());
+            }
+            match open(&url, args.bind) {
+                Ok(opened) => break opened,
+                Err(Failure::Refused(Refusal::Status(status, phrase)))
+                    if !matches!(status, 429 | 502 | 503 | 504) =>
+                {
+                    return Err(Failure::Refused(Refusal::Status(status, phrase)));
+                }
+                Err(Failure::Unreachable(m) | Failure::Lost(m) | Failure::Usage(m)) => why = m,
+                Err(Failure::Refused(r)) => why = format!("handshake refused: {r}"),
+            }
+        };
+        retry = 0;
+    }
+}
+
+/// Connects and upgrades; returns the stream and the bytes after the 101.
+fn open(url: &Url, bind: Option<IpAddr>) -> Result<(TcpStream, Vec<u8>), Failure> {
+    let mut stream = connect(url, bind)?;
+    let _ = stream.set_nodelay(true);
+    let unread = handshake(&mut stream, url)?;
+    Ok((stream, unread))
 }
 
 /// Resolves the URL's host and connects, from `bind` if given.
@@ -167,19 +221,44 @@ fn handshake(stream: &mut TcpStream, url: &Url) -> Result<Vec<u8>, Failure> {
 
 /// What both threads share.
 struct Shared {
-    sink: Mutex<Sink>,
+    sink: Mutex<Link>,
+    /// Signalled when a connection is joined (a new generation).
+    connected: Condvar,
     /// Chats are live (not the history the join asked for).
     live: Mutex<bool>,
-    /// When we sent leave and close, if we did.
+    /// When we sent leave and close (or the input ended while away), if we did.
     left_at: Mutex<Option<Instant>>,
     /// The time printed last (ms since 1970): printed times never go back.
     last_shown: Mutex<u64>,
+    /// What a rejoin asks for.
+    room: Mutex<Room>,
+}
+
+/// The connection frames go out on, if one is up.
+struct Link {
+    sink: Option<Sink>,
+    /// Counts connections: a send that failed on one waits for the next.
+    generation: u64,
 }
 
 /// The writing half of the socket, and the seed of the masks.
 struct Sink {
     stream: TcpStream,
     seed: u64,
+}
+
+/// The room as this client has seen it: its epoch and the newest chat id.
+#[derive(Default)]
+struct Room {
+    epoch: Option<String>,
+    last: u64,
+    /// A `joined` came on some connection: the next one is a rejoin.
+    joined_before: bool,
+}
+
+/// Locks, whatever a panicking holder left (nothing here is left half-done).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
@@ -191,25 +270,45 @@ impl Shared {
     /// Sends frames in one write, under one hold of the lock: nothing goes
     /// between them, and once the first has gone out, so have the others.
     fn send_all(&self, frames: &[(OpCode, &[u8])]) -> io::Result<()> {
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        let mut bytes = Vec::new();
-        for (opcode, payload) in frames {
-            // xorshift64: masks must be unpredictable to proxies, not secret.
-            sink.seed ^= sink.seed << 13;
-            sink.seed ^= sink.seed >> 7;
-            sink.seed ^= sink.seed << 17;
-            let mask = (sink.seed as u32).to_ne_bytes();
-            bytes.extend(frame::client_frame(*opcode, payload, mask));
-        }
-        sink.stream.write_all(&bytes)
+        let mut link = lock(&self.sink);
+        write_frames(&mut link, frames)
     }
 
     fn live(&self) -> bool {
-        *self.live.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.live)
     }
 
     fn left_at(&self) -> Option<Instant> {
-        *self.left_at.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.left_at)
+    }
+
+    /// Waits `delay`; true if we are leaving meanwhile.
+    fn sleep_unless_leaving(&self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            if self.left_at().is_some() {
+                return true;
+            }
+            std::thread::sleep(READ_TICK.min(until.saturating_duration_since(Instant::now())));
+        }
+        self.left_at().is_some()
+    }
+
+    /// Sends a chat, waiting for a connection if none is up: a line typed
+    /// while the connection is down goes out once it is back.
+    fn send_chat(&self, json: &[u8]) {
+        let mut after = 0;
+        let mut link = lock(&self.sink);
+        loop {
+            while link.sink.is_none() || link.generation <= after {
+                link = self.connected.wait(link).unwrap_or_else(|e| e.into_inner());
+            }
+            if write_frames(&mut link, &[(OpCode::Text, json)]).is_ok() {
+                return;
+            }
+            // Not sent: the socket side sees the loss and connects again.
+            after = link.generation;
+        }
     }
 
     /// Sends each line of stdin as a chat; leaves on `/quit` or end of input.
@@ -243,33 +342,69 @@ impl Shared {
             while !bucket.try_take(started.elapsed().as_millis() as u64) {
                 std::thread::sleep(Duration::from_millis(rate_limit::REFILL_MS / 10));
             }
-            if self.send(OpCode::Text, json.as_bytes()).is_err() {
-                return; // The socket side reports the loss.
-            }
+            self.send_chat(json.as_bytes());
         }
-        *self.left_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         // Leave and close in one write: the server's answer to the leave ends
         // the socket side (and the process), so the close must already be out.
+        // With no connection up, there is nothing to leave: the socket side
+        // sees `left_at` and ends.
+        let mut link = lock(&self.sink);
+        *lock(&self.left_at) = Some(Instant::now());
         let close = close::payload(close::NORMAL, "");
-        let _ = self.send_all(&[
-            (OpCode::Text, br#"{"type":"leave"}"#),
-            (OpCode::Close, &close),
-        ]);
+        let _ = write_frames(
+            &mut link,
+            &[
+                (OpCode::Text, br#"{"type":"leave"}"#),
+                (OpCode::Close, &close),
+            ],
+        );
     }
 
-    /// Reads frames until the close handshake ends; `unread` came with the 101.
-    fn read_socket(&self, mut stream: TcpStream, mut unread: Vec<u8>) -> Result<(), Failure> {
-        let lost = |e: io::Error| Failure::Lost(format!("connection lost: {e}"));
+    /// One connection: joins (a rejoin asks for what was missed), then
+    /// reads frames until the close handshake ends; `unread` came with the 101.
+    fn session(&self, stream: TcpStream, mut unread: Vec<u8>, args: &Args) -> Result<(), Ending> {
+        let lost = |e: io::Error| Ending::Lost(format!("connection lost: {e}"));
+        let join = {
+            let room = lock(&self.room);
+            let since = room.epoch.as_deref().map(|epoch| (room.last, epoch));
+            let history = match room.joined_before {
+                false => args.history.unwrap_or(0),
+                true => 0,
+            };
+            client::join_json(&args.user, history, since)
+        };
+        {
+            let mut link = lock(&self.sink);
+            if self.left_at().is_some() {
+                return Ok(()); // The input ended while we were connecting.
+            }
+            link.sink = Some(Sink {
+                stream: stream.try_clone().map_err(lost)?,
+                seed: random_u64() | 1,
+            });
+            link.generation += 1;
+            write_frames(&mut link, &[(OpCode::Text, join.as_bytes())]).map_err(lost)?;
+        }
+        self.connected.notify_all();
+        let ended = self.read_socket(stream, &mut unread);
+        lock(&self.sink).sink = None;
+        *lock(&self.live) = false;
+        ended
+    }
+
+    /// Reads frames until the close handshake ends.
+    fn read_socket(&self, mut stream: TcpStream, unread: &mut [u8]) -> Result<(), Ending> {
+        let lost = |e: io::Error| Ending::Lost(format!("connection lost: {e}"));
         stream.set_read_timeout(Some(READ_TICK)).map_err(lost)?;
         let mut reader = MessageReader::default();
-        if let Some(end) = self.on_bytes(&mut reader, &mut unread) {
+        if let Some(end) = self.on_bytes(&mut reader, unread) {
             return end;
         }
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             match stream.read(&mut chunk) {
                 Ok(0) => {
-                    return Err(Failure::Lost(
+                    return Err(Ending::Lost(
                         "connection lost: the server closed it without a close frame".into(),
                     ));
                 }
@@ -285,7 +420,9 @@ impl Shared {
                     ) =>
                 {
                     if self.left_at().is_some_and(|at| at.elapsed() > TIMEOUT) {
-                        return Err(Failure::Lost("the server did not answer our close".into()));
+                        return Err(Ending::Final(Failure::Lost(
+                            "the server did not answer our close".into(),
+                        )));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -296,11 +433,7 @@ impl Shared {
 
     /// Acts on every message the bytes complete (the reader keeps the rest);
     /// `Some` when the connection is over.
-    fn on_bytes(
-        &self,
-        reader: &mut MessageReader,
-        bytes: &mut [u8],
-    ) -> Option<Result<(), Failure>> {
+    fn on_bytes(&self, reader: &mut MessageReader, bytes: &mut [u8]) -> Option<Result<(), Ending>> {
         let limits = Limits {
             role: Role::Client,
             max_message: MAX_INCOMING,
@@ -314,10 +447,10 @@ impl Shared {
                         OpCode::Close,
                         &close::payload(error.close_code(), error.reason()),
                     );
-                    return Some(Err(Failure::Lost(format!(
+                    return Some(Err(Ending::Final(Failure::Lost(format!(
                         "the server broke the protocol: {}",
                         error.reason()
-                    ))));
+                    )))));
                 }
             };
             pos += used;
@@ -331,25 +464,31 @@ impl Shared {
     }
 
     /// Acts on one message; `Some` when the connection is over.
-    fn on_event(&self, event: Event<'_>) -> Option<Result<(), Failure>> {
+    fn on_event(&self, event: Event<'_>) -> Option<Result<(), Ending>> {
         match event {
             Event::Text(text) => match client::classify(text) {
                 Incoming::Chat {
+                    id,
                     user,
                     text,
                     sent_ms,
                 } => {
+                    if let Some(id) = id {
+                        let mut room = lock(&self.room);
+                        room.last = room.last.max(id);
+                    }
                     let live = self.live();
-                    let mut last = self.last_shown.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut last = lock(&self.last_shown);
                     let ms = client::shown_time(live, sent_ms, unix_ms(), &mut last);
                     let hms = ms.map(|ms| sys::local_hms((ms / 1000) as i64));
                     let line = client::chat_line(hms, &user, &text);
                     print_line(&line);
                 }
-                Incoming::Joined { .. } => {
-                    *self.live.lock().unwrap_or_else(|e| e.into_inner()) = true;
-                    print_line("-- earlier messages above, live from here --");
-                }
+                Incoming::Joined {
+                    epoch,
+                    last,
+                    recovered,
+                } => self.on_joined(epoch, last, recovered),
                 Incoming::Ping => {
                     let _ = self.send(OpCode::Text, br#"{"type":"pong"}"#);
                 }
@@ -365,7 +504,7 @@ impl Shared {
                 }
                 let code = frame.as_ref().map_or(close::NORMAL, |f| f.code);
                 let _ = self.send(OpCode::Close, &close::payload(code, ""));
-                return Some(Err(Failure::Lost(match frame {
+                let why = match frame {
                     Some(CloseFrame { code, reason }) if !reason.is_empty() => {
                         format!("the server closed the connection: {code} {reason}")
                     }
@@ -373,11 +512,59 @@ impl Shared {
                         format!("the server closed the connection: {code}")
                     }
                     None => "the server closed the connection (no code)".into(),
-                })));
+                };
+                return Some(Err(match client::worth_reconnecting(code) {
+                    true => Ending::Lost(why),
+                    false => Ending::Final(Failure::Lost(why)),
+                }));
             }
         }
         None
     }
+
+    /// `joined`: live chats follow. The first says where the history the
+    /// join asked for ends; a rejoin says it is back, and whether chats
+    /// may be missing (away past the history window, or a server restarted
+    /// without its history).
+    fn on_joined(&self, epoch: String, last: u64, recovered: bool) {
+        let asked_history = !self.live();
+        *lock(&self.live) = true;
+        let mut room = lock(&self.room);
+        if room.epoch.as_deref() != Some(&epoch) {
+            // Another epoch: its ids start again.
+            room.last = last;
+        }
+        room.last = room.last.max(last);
+        room.epoch = Some(epoch);
+        let line = match (room.joined_before, recovered) {
+            (false, _) if asked_history => Some("-- earlier messages above, live from here --"),
+            (false, _) => None,
+            (true, true) => Some("-- reconnected --"),
+            (true, false) => Some("-- reconnected; some messages may be missing --"),
+        };
+        room.joined_before = true;
+        drop(room);
+        if let Some(line) = line {
+            print_line(line);
+        }
+    }
+}
+
+/// Writes frames to the link's connection in one write.
+fn write_frames(link: &mut Link, frames: &[(OpCode, &[u8])]) -> io::Result<()> {
+    let Some(sink) = link.sink.as_mut() else {
+        return Err(io::ErrorKind::NotConnected.into());
+    };
+    let mut bytes = Vec::new();
+    for (opcode, payload) in frames {
+        // xorshift64: masks must be unpredictable to proxies, not secret.
+        sink.seed ^= sink.seed << 13;
+        sink.seed ^= sink.seed >> 7;
+        sink.seed ^= sink.seed << 17;
+        let mask = (sink.seed as u32).to_ne_bytes();
+        bytes.extend(frame::client_frame(*opcode, payload, mask));
+    }
+    sink.stream.write_all(&bytes)
 }
 
 /// Prints a line already made safe for a terminal (`client::chat_line`).

@@ -124,12 +124,18 @@ pub enum Incoming {
     /// A chat; `sent_ms`: its `ts`, when that is a time in ms since 1970
     /// (what this client and the page put there).
     Chat {
+        id: Option<u64>,
         user: String,
         text: String,
         sent_ms: Option<u64>,
     },
-    /// The end of the history the join asked for: live chats follow.
-    Joined { recovered: bool },
+    /// The end of the history the join asked for: live chats follow. The
+    /// room's epoch and newest id, and whether nothing asked for is missing.
+    Joined {
+        epoch: String,
+        last: u64,
+        recovered: bool,
+    },
     /// The server's JSON keepalive; answer with a JSON pong.
     Ping,
     /// How many people are in the room.
@@ -146,6 +152,9 @@ struct Wire {
     text: Option<String>,
     online: Option<u64>,
     ts: Option<serde_json::Value>,
+    id: Option<u64>,
+    epoch: Option<String>,
+    last: Option<u64>,
     recovered: Option<bool>,
 }
 
@@ -156,11 +165,14 @@ pub fn classify(text: &str) -> Incoming {
     };
     match (msg.kind.as_str(), msg.user, msg.text, msg.online) {
         ("chat", Some(user), Some(text), _) => Incoming::Chat {
+            id: msg.id,
             user,
             text,
             sent_ms: msg.ts.as_ref().and_then(serde_json::Value::as_u64),
         },
         ("joined", ..) => Incoming::Joined {
+            epoch: msg.epoch.unwrap_or_default(),
+            last: msg.last.unwrap_or(0),
             recovered: msg.recovered.unwrap_or(false),
         },
         ("ping", ..) => Incoming::Ping,
@@ -217,13 +229,31 @@ pub fn chat_json(text: &str, ts: u64) -> String {
     serde_json::json!({"type": "chat", "text": text, "ts": ts}).to_string()
 }
 
-/// The JSON of a join.
-pub fn join_json(user: &str, history: Option<u64>) -> String {
-    let mut join = serde_json::json!({"type": "join", "user": user});
-    if let Some(count) = history {
-        join["history"] = count.into();
+/// The JSON of a join: the last `history` chats, or (coming back) the
+/// chats after id `since` of the room's epoch (`since` = (id, epoch)).
+pub fn join_json(user: &str, history: u64, since: Option<(u64, &str)>) -> String {
+    let mut join = serde_json::json!({"type": "join", "user": user, "history": history});
+    if let Some((id, epoch)) = since {
+        join["since"] = id.into();
+        join["epoch"] = epoch.into();
     }
     join.to_string()
+}
+
+/// How long to wait before reconnection attempt `retry` (from 0), as the
+/// page does: 0.5 s, 1 s, 2 s ... up to 10 s, times `jitter` (0.75 to 1.25:
+/// a restarted server is not hit by everyone at once).
+pub fn backoff(retry: u32, jitter: f64) -> std::time::Duration {
+    let ms = (500u64 << retry.min(5)).min(10_000);
+    std::time::Duration::from_millis(ms).mul_f64(jitter.clamp(0.75, 1.25))
+}
+
+/// Whether a connection the server closed with `code` is worth opening
+/// again: yes after a shutdown, a restart or an overload (1001, 1011-1014)
+/// or a slow-consumer close (1008); not after a protocol error (trying
+/// again would repeat it), a normal close or the application's codes.
+pub fn worth_reconnecting(code: u16) -> bool {
+    matches!(code, 1001 | 1006 | 1008 | 1011..=1014)
 }
 
 #[cfg(test)]
@@ -322,9 +352,24 @@ mod tests {
     }
 
     #[test]
+    fn reconnection_backs_off_like_the_page() {
+        let ms = |retry, jitter| backoff(retry, jitter).as_millis();
+        assert_eq!(
+            [ms(0, 1.0), ms(1, 1.0), ms(4, 1.0), ms(5, 1.0), ms(60, 1.0)],
+            [500, 1000, 8000, 10_000, 10_000]
+        );
+        assert_eq!([ms(0, 0.0), ms(0, 9.0)], [375, 625]);
+        assert!(worth_reconnecting(1001) && worth_reconnecting(1008) && worth_reconnecting(1012));
+        assert!(
+            !worth_reconnecting(1000) && !worth_reconnecting(1002) && !worth_reconnecting(4001)
+        );
+    }
+
+    #[test]
     fn messages_and_lines() {
         let chat = r#"{"type":"chat","room":"public","user":"bob","text":"hi...   ","ts":1}"#;
         let Incoming::Chat {
+            id: None,
             user,
             text,
             sent_ms,
@@ -358,6 +403,19 @@ mod tests {
         );
         assert_eq!(classify(r#"{"type":"pong","ts":1}"#), Incoming::Other);
         assert_eq!(classify("not json"), Incoming::Other);
+        assert_eq!(
+            classify(r#"{"type":"joined","room":"public","epoch":"e1","last":7,"recovered":true}"#),
+            Incoming::Joined {
+                epoch: "e1".into(),
+                last: 7,
+                recovered: true
+            }
+        );
+        let again = join_json("bob", 0, Some((41, "e1")));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&again).unwrap(),
+            serde_json::json!({"type": "join", "user": "bob", "history": 0, "since": 41, "epoch": "e1"})
+        );
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&chat_json("a\"b", 5)).unwrap(),
             serde_json::json!({"type": "chat", "text": "a\"b", "ts": 5})

@@ -82,6 +82,16 @@ impl History {
         self.last = last;
     }
 
+    /// Starts from a room a clean stop left: `chats` (frames, oldest first)
+    /// end with id `last`; the bounds apply as if they were relayed now.
+    pub fn restore(&mut self, last: u64, chats: Vec<Rc<[u8]>>) {
+        let first = last + 1 - chats.len() as u64;
+        self.restart(first - 1);
+        for (id, frame) in (first..).zip(chats) {
+            self.record(id, frame);
+        }
+    }
+
     /// The id of the oldest chat kept (`last` + 1 when none is).
     pub fn first_kept(&self) -> u64 {
         self.last + 1 - self.chats.len() as u64

@@ -38,6 +38,7 @@ pub mod outbox;
 mod relay;
 mod requests;
 pub mod room;
+pub mod snapshot;
 pub mod stats;
 pub mod timer_wheel;
 mod timers;
@@ -64,6 +65,7 @@ use history::History;
 use ip_limit::IpLimit;
 use outbox::FRAME_COST;
 use room::Room;
+use snapshot::Snapshot;
 use stats::{BackplaneStats, Counters, Live, ProcessStats};
 use timer_wheel::TimerWheel;
 
@@ -137,7 +139,7 @@ pub type BackplaneProbe = Box<dyn Fn() -> BackplaneStats>;
 pub type ProcessProbe = Box<dyn Fn() -> ProcessStats>;
 
 /// What the driver decides for the engine beside the flags.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Options {
     /// The connection limit in force.
     pub max_conns: usize,
@@ -150,6 +152,9 @@ pub struct Options {
     /// This room's epoch while it orders its own chats: chosen at random at
     /// start, so clients can tell that the history they knew is gone.
     pub epoch: String,
+    /// The room a clean stop left in `--history-file`: its epoch and
+    /// chats carry on (single instance only).
+    pub restored: Option<Snapshot>,
 }
 
 /// The whole server's state, without I/O.
@@ -241,9 +246,17 @@ impl Engine {
     pub fn new(config: Config, options: Options, now: u64) -> Self {
         let trusted = config.trusted_proxies.clone();
         let ip_limit = (config.max_conns_per_ip > 0).then(|| IpLimit::new(config.max_conns_per_ip));
+        let mut history = History::new(config.history, config.history_bytes);
+        let epoch = match options.restored.filter(|_| options.instance.is_none()) {
+            Some(restored) => {
+                history.restore(restored.last, restored.chats);
+                restored.epoch
+            }
+            None => options.epoch.as_str().into(),
+        };
         Self {
             origins: Origins::from_flags(&config.allowed_origins),
-            history: History::new(config.history, config.history_bytes),
+            history,
             cluster: options
                 .instance
                 .map(|instance| Cluster::new(instance, &options.epoch)),
@@ -252,9 +265,8 @@ impl Engine {
             plain_members: 0,
             // Guest numbers start at a random thousand, so instances sharing
             // a room through Redis rarely give the same name.
-            next_guest: u64::from_str_radix(options.epoch.get(..3).unwrap_or("0"), 16).unwrap_or(0)
-                * 1000,
-            epoch: options.epoch.into(),
+            next_guest: u64::from_str_radix(epoch.get(..3).unwrap_or("0"), 16).unwrap_or(0) * 1000,
+            epoch,
             config,
             max_conns: options.max_conns,
             public_slots: options.public_slots,
@@ -584,10 +596,22 @@ impl Engine {
         &self.stats
     }
 
+    /// What `--history-file` keeps at a clean stop: the room's epoch, newest
+    /// id and ring (`snapshot`). The driver keeps it only without Redis,
+    /// which keeps the room itself.
+    pub fn snapshot(&self) -> Vec<u8> {
+        snapshot::encode(&self.epoch, &self.history)
+    }
+
+    /// The chats the ring keeps and the newest id, for the line said at a stop.
+    pub fn history_span(&self) -> (usize, u64) {
+        let h = &self.history;
+        ((h.last() + 1 - h.first_kept()) as usize, h.last())
+    }
+
     /// The statistics block printed at exit.
     pub fn summary(&self, now: u64) -> String {
-        self.stats
-            .summary(now.saturating_sub(self.started) as f64 / 1000.0)
+        self.stats.summary(now.saturating_sub(self.started))
     }
 
     /// What `key`'s queue is charged against `--max-backlog`.

@@ -237,6 +237,19 @@ fn metric(
     }
 }
 
+/// `numerator / denominator` with `places` decimals, rounded (0 when the
+/// denominator is): integer arithmetic, so the binary carries no float
+/// formatting for the statistics block alone.
+fn fixed(numerator: u128, denominator: u128, places: u32) -> String {
+    let scale = 10u128.pow(places);
+    let value = match denominator {
+        0 => 0,
+        d => (numerator * scale * 2 + d) / (d * 2),
+    };
+    let places = places as usize;
+    format!("{}.{:0places$}", value / scale, value % scale)
+}
+
 /// A number as JSON writes it (the formatter `/stats` already uses).
 fn number(x: f64) -> String {
     serde_json::to_string(&x).unwrap_or_else(|_| "0".into())
@@ -534,34 +547,23 @@ impl Counters {
     /// As those servers define it, processing time is the time the server ran,
     /// average latency is processing time / total messages, and throughput is
     /// total messages / processing time.
-    pub fn summary(&self, processing_secs: f64) -> String {
+    pub fn summary(&self, processing_ms: u64) -> String {
         let total = self.chats_relayed;
-        let per_message_ms = if total == 0 {
-            0.0
-        } else {
-            processing_secs * 1000.0 / total as f64
-        };
-        let throughput = if processing_secs > 0.0 {
-            total as f64 / processing_secs
-        } else {
-            0.0
-        };
+        let processing_secs = fixed(u128::from(processing_ms), 1000, 3);
+        let per_message_ms = fixed(u128::from(processing_ms), u128::from(total), 3);
+        let throughput = fixed(u128::from(total) * 1000, u128::from(processing_ms), 2);
         let offered = total + self.rate_limited;
-        let drop_rate = if offered == 0 {
-            0.0
-        } else {
-            100.0 * self.rate_limited as f64 / offered as f64
-        };
+        let drop_rate = fixed(u128::from(self.rate_limited) * 100, u128::from(offered), 2);
         let protocol_errors =
             self.closed_protocol_error + self.closed_invalid_utf8 + self.closed_message_too_big;
         format!(
             "--- Statistics ---\n\
              Total messages: {total}\n\
-             Processing time: {processing_secs:.3}s\n\
-             Average latency: {per_message_ms:.3}ms\n\
-             Throughput: {throughput:.2} messages/sec\n\
+             Processing time: {processing_secs}s\n\
+             Average latency: {per_message_ms}ms\n\
+             Throughput: {throughput} messages/sec\n\
              Total connections: {}\n\
-             Message drop rate: {drop_rate:.2}%\n\
+             Message drop rate: {drop_rate}%\n\
              Deliveries: {}\n\
              Peak connections: {}\n\
              Rate-limited chats: {}\n\
@@ -602,7 +604,7 @@ mod tests {
             connections_total: 7,
             ..Counters::default()
         };
-        let s = c.summary(60.0);
+        let s = c.summary(60_000);
         let lines: Vec<&str> = s.lines().take(7).collect();
         assert_eq!(
             lines,
@@ -616,6 +618,9 @@ mod tests {
                 "Message drop rate: 25.00%",
             ]
         );
+        assert_eq!(fixed(2, 3, 3), "0.667");
+        assert_eq!(fixed(1, 0, 2), "0.00");
+        assert_eq!(fixed(u128::from(u64::MAX), 1, 3).len(), 24);
     }
 
     #[test]

@@ -48,6 +48,7 @@ impl Driver {
                 public_slots: usize::MAX,
                 instance: Some(INSTANCE),
                 epoch: "test-epoch".into(),
+                restored: None,
             },
             0,
         );
@@ -879,6 +880,7 @@ fn the_private_listener_and_refusals_have_slots_of_their_own() {
             public_slots: 2 + REFUSAL_SLOTS,
             instance: None,
             epoch: "e".into(),
+            restored: None,
         },
         0,
     );

@@ -10,11 +10,13 @@
 
 #[cfg_attr(not(feature = "redis"), path = "backplane_off.rs")]
 pub mod backplane;
+mod history_file;
 mod process;
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixStream};
@@ -62,6 +64,8 @@ pub struct Server {
     read_again: Vec<usize>,
     read_buf: Vec<u8>,
     started: Instant,
+    /// `--history-file`, unless Redis keeps the room: written at a clean stop.
+    history_file: Option<PathBuf>,
 }
 
 impl Server {
@@ -134,11 +138,27 @@ impl Server {
                  kernel's accept queue"
             );
         }
+        // Taken only once everything else started: a server that cannot
+        // start leaves the file for the next attempt.
+        let history_file = match (&config.history_file, &config.redis) {
+            (Some(_), Some(_)) => {
+                eprintln!(
+                    "websocket-public-chat: --history-file is ignored with --redis (Redis keeps \
+                     the room)"
+                );
+                None
+            }
+            (path, _) => path.clone(),
+        };
+        let restored = history_file
+            .as_deref()
+            .and_then(|path| history_file::take(path, &config));
         let options = Options {
             max_conns,
             public_slots,
             instance: backplane.as_ref().map(Backplane::instance),
             epoch: random_epoch(),
+            restored,
         };
         let mut engine = Engine::new(config, options, 0);
         if let Some(backplane) = &backplane {
@@ -159,6 +179,7 @@ impl Server {
             read_again: Vec::new(),
             read_buf: vec![0; READ_BUF],
             started: Instant::now(),
+            history_file,
         })
     }
 
@@ -223,7 +244,28 @@ impl Server {
                 break;
             }
         }
+        self.keep_history();
         Ok(self.engine.summary(self.now()))
+    }
+
+    /// A clean stop, the last close frames sent: the room goes to
+    /// `--history-file` for the next start.
+    fn keep_history(&self) {
+        let Some(path) = &self.history_file else {
+            return;
+        };
+        let (chats, last) = self.engine.history_span();
+        match history_file::keep(path, &self.engine.snapshot()) {
+            Ok(()) => eprintln!(
+                "websocket-public-chat: history: {chats} chats up to id {last} kept in {}",
+                path.display()
+            ),
+            Err(e) => eprintln!(
+                "websocket-public-chat: history: cannot write {}: {e}; the next start begins a \
+                 new epoch",
+                path.display()
+            ),
+        }
     }
 
     /// Milliseconds since the server started: the only clock read; the engine gets `now`.

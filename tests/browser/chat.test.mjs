@@ -1,12 +1,15 @@
 // The page at GET / as people use it, in headless Chromium: two pages join,
 // chat both ways, an HTML message stays text, a newcomer sees the last
 // messages, a dropped connection recovers what it missed (and sends what was
-// typed meanwhile), a server restart is marked as a possible gap, and a
-// reload shows one's own earlier messages as one's own.
+// typed meanwhile), a server restart is marked as a possible gap (but not
+// one with --history-file, which keeps the room), and a reload shows one's
+// own earlier messages as one's own.
 // Usage: node chat.test.mjs SERVER_BINARY ARTIFACT_DIR
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join as joinPath } from 'node:path';
 import net from 'node:net';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -17,8 +20,8 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT = 10_000;
 
 // Starts the server; resolves with the process and its port once it listens.
-async function startServer(port) {
-  const proc = spawn(server_bin, ['--host', '127.0.0.1', '--port', String(port)], {
+async function startServer(port, extra = []) {
+  const proc = spawn(server_bin, ['--host', '127.0.0.1', '--port', String(port), ...extra], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const [line] = await once(createInterface({ input: proc.stdout }), 'line');
@@ -226,7 +229,9 @@ try {
   await stopServer(server);
   await alice.waitForSelector('#state.offline', { timeout: WAIT });
   await bob.waitForSelector('#state.offline', { timeout: WAIT });
-  server = await startServer(server.port);
+  // Started with --history-file from now on (none was written before).
+  const historyFile = joinPath(mkdtempSync(joinPath(tmpdir(), 'page-')), 'room.json');
+  server = await startServer(server.port, ['--history-file', historyFile]);
   await alice.waitForSelector('#state.online', { timeout: WAIT });
   await bob.waitForSelector('#state.online', { timeout: WAIT });
   // Alice, Bob and Carol (whose page reconnects as well) all rejoined.
@@ -238,6 +243,27 @@ try {
   // A restart lost the history: the page says messages may be missing.
   await alice.waitForSelector('#log .gap', { timeout: WAIT });
   console.log('ok: after a server restart both pages reconnect, rejoin, mark the possible gap and chat');
+
+  // A restart that keeps the room (--history-file): back without a gap mark,
+  // nothing shown twice, and what was said before it still there.
+  const gaps = (page) => page.evaluate(() => document.querySelectorAll('#log .gap').length);
+  const marked = [await gaps(alice), await gaps(bob)];
+  await stopServer(server);
+  await alice.waitForSelector('#state.offline', { timeout: WAIT });
+  await bob.waitForSelector('#state.offline', { timeout: WAIT });
+  server = await startServer(server.port, ['--history-file', historyFile]);
+  await alice.waitForSelector('#state.online', { timeout: WAIT });
+  await bob.waitForSelector('#state.online', { timeout: WAIT });
+  await say(bob, 'after a deploy');
+  await expectMessage(alice, 'bob', 'after a deploy');
+  const now = [await gaps(alice), await gaps(bob)];
+  if (now[0] !== marked[0] || now[1] !== marked[1]) {
+    throw new Error(`a restart with --history-file was marked as a gap: ${marked} -> ${now}`);
+  }
+  for (const text of ['back again', 'welcome back']) {
+    if ((await count(alice, text)) !== 1) throw new Error(`alice shows "${text}" ${await count(alice, text)} times`);
+  }
+  console.log('ok: after a restart with --history-file the pages come back with no gap mark and nothing twice');
 
   // After a reload, one's own earlier messages are shown as one's own.
   await alice.reload();

@@ -57,7 +57,8 @@ impl ServerProcess {
         Self::spawn(command)
     }
 
-    /// Runs `command` on a free port, on 127.0.0.1 unless its flags name a `--host`.
+    /// Runs `command` on a free port (unless its flags name a `--port`), on
+    /// 127.0.0.1 unless they name a `--host`.
     fn spawn(mut command: Command) -> Self {
         if !command.get_args().any(|arg| arg == "--host") {
             command.args(["--host", "127.0.0.1"]);
@@ -68,8 +69,10 @@ impl ServerProcess {
         let n = SERVERS.fetch_add(1, Ordering::Relaxed);
         let log = dir.join(format!("{}-{n}.log", std::process::id()));
         let stderr = std::fs::File::create(&log).expect("a server log");
+        if !command.get_args().any(|arg| arg == "--port") {
+            command.args(["--port", "0"]);
+        }
         let mut child = command
-            .args(["--port", "0"])
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -115,6 +118,20 @@ impl ServerProcess {
 
     /// Waits (bounded) for the server to exit; returns its status and the rest of stdout.
     pub fn wait_exit(mut self, within: Duration) -> (ExitStatus, String) {
+        self.wait_child(within)
+    }
+
+    /// Waits (bounded) for the server to exit; returns its status and
+    /// everything it said on stderr.
+    pub fn wait_exit_said(mut self, within: Duration) -> (ExitStatus, String) {
+        let (status, _) = self.wait_child(within);
+        (
+            status,
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
+    }
+
+    fn wait_child(&mut self, within: Duration) -> (ExitStatus, String) {
         let deadline = Instant::now() + within;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

@@ -141,14 +141,29 @@ impl Fleet {
         })
     }
 
+    /// How many `--url`s there are.
+    pub fn targets(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// The address of target `index`.
+    pub fn target_addr(&self, index: usize) -> SocketAddr {
+        self.targets[index % self.targets.len()].0.addr
+    }
+
     /// Connections not yet closed.
     pub fn len(&self) -> usize {
         self.conns.len()
     }
 
-    /// Starts a connection; `opened` follows once it is upgraded.
+    /// Starts a connection to the next target in turn; `opened` follows once it is upgraded.
     pub fn connect(&mut self) -> io::Result<usize> {
-        let (target, request) = &self.targets[self.connects % self.targets.len()];
+        self.connect_to(self.connects % self.targets.len())
+    }
+
+    /// Starts a connection to target `index` (of the `--url`s).
+    pub fn connect_to(&mut self, index: usize) -> io::Result<usize> {
+        let (target, request) = &self.targets[index % self.targets.len()];
         let (addr, request) = (target.addr, request.clone());
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),

@@ -8,8 +8,10 @@ mod connect;
 mod fanout;
 mod fleet;
 mod histogram;
+mod ids;
 mod procstat;
 mod reconnect;
+mod restart;
 mod scenario;
 
 use std::process::ExitCode;
@@ -116,6 +118,34 @@ enum Mode {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// A deploy: P people on instance A while S senders chat; A gets
+    /// SIGTERM and is started again (one --server, e.g. with
+    /// --history-file) or its people move to B (two --server and --url,
+    /// sharing a room through Redis). Everyone comes back with the page's
+    /// backoff; reports the time until all are back, recoveries, chats lost
+    /// and duplicated (must be 0) and the storm's server CPU.
+    #[command(
+        override_usage = "loadgen --url A [--url B] restart --server CMD [--server CMD] [OPTIONS]"
+    )]
+    Restart {
+        /// A server's command line, split at spaces (the generator starts
+        /// and stops it); the first is A, listening on the first --url.
+        #[arg(long, required = true)]
+        server: Vec<String>,
+        #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
+        people: usize,
+        #[arg(long, default_value_t = 5)]
+        senders: usize,
+        /// Chats per second per sender (the server allows 10).
+        #[arg(long, default_value_t = 9.0, value_parser = positive)]
+        rate: f64,
+        /// Seconds of chat before the stop, and again after everyone is back.
+        #[arg(long, default_value_t = 3.0, value_parser = positive)]
+        chat: f64,
+        /// Seed of the backoff's jitter (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// L loops of connect → join → leave → close at full speed; cycles/s, errors, unclean closes.
     #[command(override_usage = "loadgen [--url URL]... churn [OPTIONS]")]
     Churn {
@@ -177,7 +207,13 @@ pub fn join(fleet: &mut Fleet, key: usize, user: &str) {
     fleet.send_text(key, br#"{"type":"ping","ts":0}"#);
 }
 
-/// Whether a server text message is a relayed chat (with its send time) or a pong.
+/// A seed from the clock, for runs not given one.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
 /// A count of at least one.
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse() {
@@ -341,6 +377,20 @@ impl Report {
         self.note(note);
     }
 
+    /// Recoveries and the id checks of `ids`; fails the run if any chat
+    /// was lost or duplicated within the history window.
+    pub fn ids(&mut self, t: &ids::Tally) {
+        self.set("recoveries", t.recoveries as f64);
+        self.set("recoveries_incomplete", t.incomplete as f64);
+        self.set("chats_received", t.received as f64);
+        self.set("lost", t.lost as f64);
+        self.set("duplicated", t.duplicated as f64);
+        self.set("missed_beyond_window", t.beyond_window as f64);
+        if t.lost + t.duplicated > 0 {
+            self.fail("chats were lost or duplicated within the history window".into());
+        }
+    }
+
     pub fn latency(&mut self, h: &Histogram) {
         self.set("latency_samples", h.count() as f64);
         for (name, p) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9)] {
@@ -486,11 +536,7 @@ fn main() -> ExitCode {
             stay,
             seed,
         } => {
-            let seed = seed.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
+            let seed = seed.unwrap_or_else(clock_seed);
             eprintln!("loadgen reconnect: --seed {seed}");
             reconnect::run(
                 &mut fleet,
@@ -504,6 +550,29 @@ fn main() -> ExitCode {
                     seed,
                 },
                 &server,
+            )
+        }
+        Mode::Restart {
+            server: servers,
+            people,
+            senders,
+            rate,
+            chat,
+            seed,
+        } => {
+            let seed = seed.unwrap_or_else(clock_seed);
+            eprintln!("loadgen restart: --seed {seed}");
+            restart::run(
+                &mut fleet,
+                &restart::Settings {
+                    people,
+                    senders,
+                    rate,
+                    before: Duration::from_secs_f64(chat),
+                    after: Duration::from_secs_f64(chat),
+                    servers,
+                    seed,
+                },
             )
         }
         Mode::Churn { loops, duration } => churn::run(

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::fleet::{Ending, Fleet, Handler};
+use crate::ids::{self, Seen};
 use crate::{Report, ServerWatch, Window, chat_payload};
 
 pub struct Settings {
@@ -52,11 +53,7 @@ enum Phase {
 struct Person {
     key: Option<usize>,
     phase: Phase,
-    /// The room's epoch and the newest id this person has seen in order.
-    epoch: Option<String>,
-    last: Option<u64>,
-    /// Ids skipped while joining: lost if the server then says `recovered: true`.
-    gap_while_joining: u64,
+    seen: Seen,
 }
 
 /// The fields of a server message this mode looks at.
@@ -74,13 +71,7 @@ struct Message {
 struct Tally {
     sent: u64,
     drops: u64,
-    recoveries: u64,
-    incomplete: u64,
-    lost: u64,
-    duplicated: u64,
-    /// Ids missing after a `recovered: false`: away past the window.
-    beyond_window: u64,
-    replayed_or_live: u64,
+    ids: ids::Tally,
     unexpected_closes: u64,
 }
 
@@ -113,53 +104,20 @@ impl Reconnect {
 
     /// A person's id stream: `id` must be exactly one more than the last seen.
     fn on_chat(&mut self, who: usize, id: u64) {
-        self.tally.replayed_or_live += 1;
         let person = &mut self.people[who];
-        let Some(last) = person.last else {
-            person.last = Some(id);
-            return;
-        };
-        if id <= last {
-            self.tally.duplicated += 1;
-            return;
-        }
-        let gap = id - last - 1;
-        match person.phase {
-            Phase::Joining => person.gap_while_joining += gap,
-            _ => self.tally.lost += gap,
-        }
-        person.last = Some(id);
+        let joining = person.phase == Phase::Joining;
+        person.seen.chat(id, joining, &mut self.tally.ids);
     }
 
     fn on_joined(&mut self, who: usize, message: &Message) {
         let stay = self.around(self.settings_stay);
         let person = &mut self.people[who];
-        let room_last = message.last.unwrap_or(0);
-        let was_recovery = person.epoch.is_some();
-        let complete = message.recovered == Some(true);
-        if was_recovery {
-            self.tally.recoveries += 1;
-            if complete {
-                self.tally.lost += person.gap_while_joining;
-                // Recovered means everything up to `last` was sent.
-                if let Some(last) = person.last.filter(|&l| l < room_last) {
-                    self.tally.lost += room_last - last;
-                }
-            } else {
-                self.tally.incomplete += 1;
-                self.tally.beyond_window += person.gap_while_joining;
-                if let Some(last) = person.last.filter(|&l| l < room_last) {
-                    self.tally.beyond_window += room_last - last;
-                }
-            }
-        }
-        if message.epoch != person.epoch {
-            // A new room (the server restarted): its ids start again.
-            person.last = None;
-        }
-        person.epoch = message.epoch.clone();
-        person.last = Some(person.last.map_or(room_last, |l| l.max(room_last)));
-        person.gap_while_joining = 0;
+        person.seen.joined(
+            message.epoch.as_deref(),
+            message.last.unwrap_or(0),
+            message.recovered == Some(true),
+            &mut self.tally.ids,
+        );
         person.phase = Phase::Live {
             drop_at: Instant::now() + stay,
         };
@@ -193,7 +151,8 @@ impl Reconnect {
 
     fn all_caught_up(&self) -> bool {
         self.people.iter().all(|p| {
-            matches!(p.phase, Phase::Live { .. }) && p.last.is_some_and(|l| l >= self.room_last)
+            matches!(p.phase, Phase::Live { .. })
+                && p.seen.last.is_some_and(|l| l >= self.room_last)
         })
     }
 }
@@ -202,8 +161,8 @@ impl Handler for Reconnect {
     fn opened(&mut self, fleet: &mut Fleet, key: usize, _took: Duration) {
         let join = match self.roles.get(&key) {
             Some(Role::Person(who)) => {
-                let person = &self.people[*who];
-                match (&person.epoch, person.last) {
+                let seen = &self.people[*who].seen;
+                match (&seen.epoch, seen.last) {
                     (Some(epoch), Some(since)) => serde_json::json!(
                         {"type": "join", "user": format!("away{who}"), "since": since, "epoch": epoch}
                     ),
@@ -288,9 +247,7 @@ pub fn run(
         state.people.push(Person {
             key: Some(key),
             phase: Phase::Joining,
-            epoch: None,
-            last: None,
-            gap_while_joining: 0,
+            seen: Seen::default(),
         });
     }
     while !state.all_caught_up() && Instant::now() < setup_deadline {
@@ -331,9 +288,9 @@ pub fn run(
     let behind: u64 = state
         .people
         .iter()
-        .map(|p| room_last.saturating_sub(p.last.unwrap_or(0)))
+        .map(|p| room_last.saturating_sub(p.seen.last.unwrap_or(0)))
         .sum();
-    state.tally.lost += behind;
+    state.tally.ids.lost += behind;
 
     let t = &state.tally;
     let mut report = Report::new("reconnect", window.elapsed());
@@ -342,17 +299,9 @@ pub fn run(
     report.set("chats_sent", t.sent as f64);
     report.set("room_last_id", room_last as f64);
     report.set("drops", t.drops as f64);
-    report.set("recoveries", t.recoveries as f64);
-    report.set("recoveries_incomplete", t.incomplete as f64);
-    report.set("chats_received", t.replayed_or_live as f64);
-    report.set("lost", t.lost as f64);
-    report.set("duplicated", t.duplicated as f64);
-    report.set("missed_beyond_window", t.beyond_window as f64);
+    report.ids(&t.ids);
     report.set("unexpected_closes", t.unexpected_closes as f64);
-    if t.lost + t.duplicated > 0 {
-        report.fail("chats were lost or duplicated within the history window".into());
-    }
-    if t.recoveries == 0 {
+    if t.ids.recoveries == 0 {
         report.fail("nobody recovered: no drops, or the server sent no `joined`".into());
     }
     report.cpu(&window, server, "chats", t.sent);

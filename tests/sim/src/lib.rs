@@ -31,12 +31,14 @@ use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::{Message, WebSocket};
 use websocket_public_chat::config::Config;
 use websocket_public_chat::engine::cluster::{FromCluster, Origin, Read as StreamRead, Stream};
+use websocket_public_chat::engine::snapshot;
 use websocket_public_chat::engine::stats::Counters;
 use websocket_public_chat::engine::{Action, Engine, Options};
 use websocket_public_chat::websocket::frame::{self, OpCode, Role};
 
-/// The epoch the simulated room has.
-const EPOCH: &str = "sim-epoch";
+/// The epoch the simulated room has (16 hex digits, as the server's own,
+/// so `--history-file`'s checks take it).
+const EPOCH: &str = "5151e90c5151e90c";
 /// The instance id the simulated server has in its cluster.
 const INSTANCE: u64 = 0x5151;
 /// Events kept for a failure report.
@@ -381,6 +383,7 @@ pub struct Report {
 pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, String> {
     let args = std::iter::once("sim".to_string()).chain(settings.flags.iter().cloned());
     let config = Config::from_args(args).map_err(|e| format!("bad flags: {e}"))?;
+    let kept = config.clone();
     // One instance of a cluster whose publisher is up but whose subscription
     // is not: it orders its own chats and publishes each (the actions are
     // the log of what it relayed), and chats of other instances arrive.
@@ -391,6 +394,7 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
             public_slots: usize::MAX,
             instance: Some(INSTANCE),
             epoch: EPOCH.into(),
+            restored: None,
         },
         0,
     );
@@ -404,6 +408,7 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
     }
     let mut sim = Sim {
         engine,
+        config: kept,
         now: 0,
         clients: Vec::new(),
         by_key: BTreeMap::new(),
@@ -478,6 +483,8 @@ fn presence_count(frame: &[u8]) -> Option<u64> {
 
 struct Sim {
     engine: Engine,
+    /// The flags the engine runs with.
+    config: Config,
     now: u64,
     clients: Vec<Client>,
     /// Live engine keys → index in `clients`.
@@ -1714,9 +1721,32 @@ impl Sim {
                 stats.slow_consumer_closes
             ));
         }
+        self.verify_history_file()?;
         report.counters = stats.clone();
         report.shutdown = !self.listening;
         Ok(report)
+    }
+
+    /// What `--history-file` would keep of the room now passes the file's
+    /// own checks (every chat the ring kept is one a client could have
+    /// sent), and the room it brings back writes the very same file.
+    fn verify_history_file(&self) -> Result<(), String> {
+        let file = self.engine.snapshot();
+        let c = &self.config;
+        let room = snapshot::decode(&file, c.history, c.history_bytes, c.max_message_size)
+            .map_err(|why| format!("the room's own history file is refused: {why}"))?;
+        let options = Options {
+            max_conns: 1,
+            public_slots: 1,
+            instance: None,
+            epoch: "not this one".into(),
+            restored: Some(room),
+        };
+        let restored = Engine::new(self.config.clone(), options, self.now);
+        if restored.snapshot() != file {
+            return Err("the room brought back from its history file is not the one kept".into());
+        }
+        Ok(())
     }
 }
 
