@@ -1127,8 +1127,21 @@ fn a_recovery_from_the_ring_equals_the_one_from_the_stream_until_the_subscriptio
     assert_eq!(reads, 0, "B read the stream for chats its ring holds");
     assert_eq!(from_ring.len(), 10);
     assert_eq!(joined_ring["recovered"], true, "{joined_ring}");
-    // An instance started after them has them only in the stream.
-    let c = linked(&redis.url(), 1, &[]).pop().unwrap();
+    // An instance started after them has them only in the stream. (Its
+    // --history-file is ignored: Redis keeps the room; the file stays.)
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("redis-history-{}.json", std::process::id()));
+    std::fs::write(&file, "not read").unwrap();
+    let c = linked(&redis.url(), 1, &["--history-file", file.to_str().unwrap()])
+        .pop()
+        .unwrap();
+    let said = std::fs::read_to_string(&c.log).unwrap_or_default();
+    assert!(
+        said.contains("--history-file is ignored with --redis"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not read");
+    let _ = std::fs::remove_file(&file);
     let (from_stream, joined_stream, reads) = recover(&c, "eve");
     assert!(reads >= 1, "C cannot have them in its ring");
     assert_eq!(from_ring, from_stream, "ids, order, every field");

@@ -2,6 +2,19 @@
 //! the last seen (else a chat was lost, or duplicated if not more). Used by
 //! the modes where people drop and come back (`reconnect`, `restart`).
 
+use serde::Deserialize;
+
+/// The fields of a server message these modes look at.
+#[derive(Deserialize)]
+pub struct Message {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: Option<u64>,
+    pub epoch: Option<String>,
+    pub last: Option<u64>,
+    pub recovered: Option<bool>,
+}
+
 /// What a person has seen of the room.
 #[derive(Default)]
 pub struct Seen {

@@ -13,10 +13,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use crate::fleet::{Ending, Fleet, Handler};
-use crate::ids::{self, Seen};
+use crate::ids::{self, Message, Seen};
 use crate::{Report, ServerWatch, Window, chat_payload};
 
 pub struct Settings {
@@ -54,17 +52,6 @@ struct Person {
     key: Option<usize>,
     phase: Phase,
     seen: Seen,
-}
-
-/// The fields of a server message this mode looks at.
-#[derive(Deserialize)]
-struct Message {
-    #[serde(rename = "type")]
-    kind: String,
-    id: Option<u64>,
-    epoch: Option<String>,
-    last: Option<u64>,
-    recovered: Option<bool>,
 }
 
 #[derive(Default)]

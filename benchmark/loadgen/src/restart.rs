@@ -19,11 +19,10 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use websocket_public_chat::client;
 
 use crate::fleet::{Ending, Fleet, Handler};
-use crate::ids::{self, Seen};
+use crate::ids::{self, Message, Seen};
 use crate::procstat::{self, Sample};
 use crate::{Report, chat_payload};
 
@@ -64,16 +63,6 @@ struct Member {
     seen: Seen,
     /// Joined again since the stop.
     back: bool,
-}
-
-#[derive(Deserialize)]
-struct Message {
-    #[serde(rename = "type")]
-    kind: String,
-    id: Option<u64>,
-    epoch: Option<String>,
-    last: Option<u64>,
-    recovered: Option<bool>,
 }
 
 #[derive(Default)]
