@@ -88,11 +88,11 @@ def profile_a(run, base):
         ax.axhline(50, color="grey", linestyle="--", linewidth=1)
         # x in axes fraction, y in data: the label sits on the line at the left edge.
         ax.text(0.01, 55, "p99 = 50 ms", color="grey", fontsize=8, transform=ax.get_yaxis_transform())
-        ax.set_xlabel("offered deliveries/s (1,000 connections, 9 chats/s per sender)")
+        ax.set_xlabel(f"offered deliveries/s ({knees[0]['size']:,} connections, 9 chats/s per sender)")
         ax.set_ylabel("p99 latency, ms (log)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_title("Profile A: the knee at 1,000 connections")
+        ax.set_title(f"Profile A: the knee at {knees[0]['size']:,} connections")
         save(fig, base + "-knee.svg")
 
 

@@ -19,7 +19,8 @@ against each server; the table takes the suite's columns from the statistics
 block each server prints at exit (throughput, messages, peak connections,
 drop rate: the share of chats the rate limit dropped) and k6's errors.
 
-Each run writes benchmark/results/DATE-profile-X.json and .md; charts.py
+Each run writes benchmark/results/DATE-profile-X.json and .md (a --quick
+run: target/tmp/profiles/); charts.py
 draws the SVGs beside them. Progress goes to stderr.
 """
 import argparse
@@ -138,7 +139,9 @@ def profile_a(args):
     rows = servers(args.servers)
     sizes = [500] if args.quick else SIZES
     duration = "2" if args.quick else "10"
-    knee = [] if args.quick else KNEE_SENDERS
+    # --quick: one knee step, so the knee's chart is drawn in the test command too.
+    knee = [1] if args.quick else KNEE_SENDERS
+    knee_size = str(sizes[0] if args.quick else 1000)
     progress = Progress(len(rows) * (len(sizes) + len(knee)))
     results = []
     for row in rows:
@@ -154,14 +157,14 @@ def profile_a(args):
             r.update(server=row["name"], step="sizes", size=size)
             results.append(r)
         for senders in knee:
-            progress.step(f"{row['name']}: knee, 1000 connections, {senders} senders x 9/s")
+            progress.step(f"{row['name']}: knee, {knee_size} connections, {senders} senders x 9/s")
             server = Server(row["command"])
             try:
-                r = loadgen(server, ["fanout", "--connections", "1000", "--senders", str(senders),
+                r = loadgen(server, ["fanout", "--connections", knee_size, "--senders", str(senders),
                                      "--rate", "9", "--duration", duration])
             finally:
                 server.stop()
-            r.update(server=row["name"], step="knee", size=1000)
+            r.update(server=row["name"], step="knee", size=int(knee_size))
             results.append(r)
             if r["latency_p99_ms"] > 50 or r["delivery_ratio"] < 0.999:
                 # Past the knee: the rest would be further past it.
@@ -260,7 +263,10 @@ def versions():
 
 def write(profile, args, results):
     stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime()) + f"-profile-{profile}" + ("-quick" if args.quick else "")
-    base = os.path.join(ROOT, "benchmark/results", stamp)
+    # Quick runs (the test command's) go to target/tmp, not among the results.
+    folder = os.path.join(ROOT, "target/tmp/profiles" if args.quick else "benchmark/results")
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.join(folder, stamp)
     run = {
         "date": stamp,
         "profile": profile,
@@ -311,7 +317,7 @@ def markdown(run):
                        f"{fmt(r.get('loadgen_cpu_percent'))} |")
         knees = [r for r in run["results"] if r["step"] == "knee"]
         if knees:
-            out += ["", "The knee at 1,000 connections (9 chats/s per sender; held: p99 <= 50 ms and ratio >= 0.999):",
+            out += ["", f"The knee at {knees[0]['size']:,} connections (9 chats/s per sender; held: p99 <= 50 ms and ratio >= 0.999):",
                     "", "| Server | Senders | Offered/s | Delivered/s | Ratio | p99 ms | Held | Generator CPU % |",
                     "| --- |" + " --- |" * 7]
             for r in knees:
@@ -319,7 +325,7 @@ def markdown(run):
                 out.append(f"| {r['server']} | {r['senders']:.0f} | {fmt(r['offered_deliveries_per_sec'])} | "
                            f"{fmt(r['deliveries_per_sec'])} | {r['delivery_ratio']:.4f} | {fmt(r['latency_p99_ms'])} | "
                            f"{'yes' if held else 'no'} | {fmt(r.get('loadgen_cpu_percent'))} |")
-            out += ["", "| Server | Highest load held at 1,000 connections |", "| --- | --- |"]
+            out += ["", f"| Server | Highest load held at {knees[0]['size']:,} connections |", "| --- | --- |"]
             for name in dict.fromkeys(r["server"] for r in knees):
                 held = [r["offered_deliveries_per_sec"] for r in knees
                         if r["server"] == name and r["latency_p99_ms"] <= 50 and r["delivery_ratio"] >= 0.999]
@@ -329,11 +335,11 @@ def markdown(run):
                 "chats relayed per second of the server's run; drop rate: the share of chats the 10/s rate limit "
                 "dropped), k6 errors from k6 (failed upgrades and checks).", "",
                 "| Server | Scenario | Throughput msg/s | Messages | Peak connections | Drop rate % | k6 errors | "
-                "k6 received/s | k6 p95 ms |", "| --- |" + " --- |" * 8]
+                "k6 sessions | k6 received/s | k6 p95 ms |", "| --- |" + " --- |" * 9]
         for r in run["results"]:
             out.append(f"| {r['server']} | {r['scenario']} | {fmt(r['throughput_msg_per_sec'])} | {fmt(r['messages'])} | "
                        f"{fmt(r['peak_connections'])} | {fmt(r['drop_rate_percent'], 2)} | {fmt(r['k6_errors'])} | "
-                       f"{fmt(r['k6_received_per_sec'])} | {fmt(r['k6_latency_p95_ms'])} |")
+                       f"{fmt(r.get('k6_sessions'))} | {fmt(r['k6_received_per_sec'])} | {fmt(r['k6_latency_p95_ms'])} |")
     return "\n".join(out) + "\n"
 
 

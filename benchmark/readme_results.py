@@ -88,14 +88,16 @@ def profile_b(path, run):
     out = [f"**Profile B: the suite's k6 table** ([{os.path.basename(base)}.md]({base}.md)). Throughput, messages, "
            "peak connections and drop rate are each server's own statistics block (the suite's columns: "
            "throughput is chats relayed per second of the server's run, the drop rate is the share the 10/s "
-           "rate limit dropped); k6 errors are failed upgrades and checks; k6's receive rate beside them.", "",
+           "rate limit dropped); k6 errors are failed upgrades and checks; the sessions k6 completed and its "
+           "receive rate beside them (churn sends no chats: its sessions are the figure).", "",
            f"![Profile B]({base}.svg)", "",
-           "| Server | Scenario | Throughput msg/s | Messages | Peak connections | Drop rate | k6 errors | k6 received/s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| Server | Scenario | Throughput msg/s | Messages | Peak connections | Drop rate | k6 errors | k6 sessions | "
+           "k6 received/s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in run["results"]:
         out.append(f"| {r['server']} | {r['scenario']} | {n(r['throughput_msg_per_sec'], 1)} | {n(r['messages'])} | "
                    f"{n(r['peak_connections'])} | {n(r['drop_rate_percent'], 2)} % | {n(r['k6_errors'])} | "
-                   f"{n(r['k6_received_per_sec'])} |")
+                   f"{n(r.get('k6_sessions'))} | {n(r['k6_received_per_sec'])} |")
     out += ["", f"![What each server takes to run]({base}-sizes.svg)", "",
             "| Server | What it takes to run |", "| --- | --- |"]
     out += [f"| {s['name']} | {s['runs_on']} |" for s in run["servers"]]

@@ -9,8 +9,8 @@ relay a chat to every other joined client, stamped with the sender's joined
 name (whatever `user` the chat claims), with `text` and `ts` as sent, and
 never back to the sender; answer a JSON ping with a pong carrying its `ts`;
 let a burst of 25 chats through as 10 (the 10 chats/s bucket); answer
-`leave` with close 1000; close everyone with 1001 at SIGTERM, exit 0 and
-print the statistics block. Exits 1 on the first server that fails.
+`leave` with close 1000; close everyone with 1001 at SIGTERM (a connection
+that never joined too), exit 0 and print the statistics block. Exits 1 on the first server that fails.
 """
 import asyncio
 import json
@@ -93,12 +93,14 @@ async def check(port):
 
 async def shutdown(proc, port):
     url = f"ws://127.0.0.1:{port}/ws"
-    async with websockets.connect(url) as dave:
+    async with websockets.connect(url) as dave, websockets.connect(url) as eve:
         await dave.send(json.dumps({"type": "join", "user": "dave"}))
         await sync(dave, 5)
+        await sync(eve, 6)  # Eve never joins.
         proc.terminate()
-        await asyncio.wait_for(dave.wait_closed(), 5)
-        assert dave.close_code == 1001, dave.close_code
+        for ws in (dave, eve):
+            await asyncio.wait_for(ws.wait_closed(), 5)
+            assert ws.close_code == 1001, ws.close_code
 
 
 def main():

@@ -50,45 +50,55 @@ type outgoing struct {
 	data []byte
 }
 
+// The hub owns the set of upgraded clients (joined or not: all get 1001 at
+// shutdown) and which of them joined (only those get chats), as in the
+// example. It never writes to a socket itself: a client it drops (a slow
+// consumer, shutdown) gets its close code and its send channel closed, and
+// its write pump sends the close frame.
 type hub struct {
-	clients    map[*client]bool
+	clients    map[*client]bool // client -> joined
 	broadcast  chan outgoing
 	register   chan *client
+	join       chan *client
 	unregister chan *client
 	shutdown   chan chan struct{}
+}
+
+// drop ends a client's queue; its write pump then sends `code` (0: nothing).
+func (h *hub) drop(c *client, code int, reason string) {
+	c.closeCode, c.closeReason = code, reason
+	delete(h.clients, c)
+	close(c.send)
 }
 
 func (h *hub) run() {
 	for {
 		select {
 		case c := <-h.register:
-			h.clients[c] = true
+			h.clients[c] = false
+		case c := <-h.join:
+			if _, ok := h.clients[c]; ok {
+				h.clients[c] = true
+			}
 		case c := <-h.unregister:
-			if h.clients[c] {
-				delete(h.clients, c)
-				close(c.send)
+			if _, ok := h.clients[c]; ok {
+				h.drop(c, 0, "")
 			}
 		case m := <-h.broadcast:
-			for c := range h.clients {
-				if c == m.from {
+			for c, joined := range h.clients {
+				if c == m.from || !joined {
 					continue
 				}
 				select {
 				case c.send <- m.data:
 				default:
-					// A slow consumer: dropped, as in the example (with 1008).
-					c.conn.WriteControl(websocket.CloseMessage,
-						websocket.FormatCloseMessage(websocket.ClosePolicyViolation, "slow consumer"),
-						time.Now().Add(writeWait))
-					close(c.send)
-					delete(h.clients, c)
+					// A slow consumer: dropped, as in the example, with 1008.
+					h.drop(c, websocket.ClosePolicyViolation, "slow consumer")
 				}
 			}
 		case done := <-h.shutdown:
 			for c := range h.clients {
-				c.conn.WriteControl(websocket.CloseMessage,
-					websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"),
-					time.Now().Add(writeWait))
+				h.drop(c, websocket.CloseGoingAway, "server shutting down")
 			}
 			close(done)
 		}
@@ -105,6 +115,9 @@ type client struct {
 	name   string
 	tokens float64
 	at     time.Time
+	// Set by the hub before it closes send: the close the write pump sends.
+	closeCode   int
+	closeReason string
 }
 
 type incoming struct {
@@ -153,11 +166,7 @@ func (c *client) take() bool {
 func (c *client) readPump() {
 	joined := false
 	defer func() {
-		if joined {
-			c.hub.unregister <- c
-		} else {
-			close(c.send) // never registered: the write pump ends here
-		}
+		c.hub.unregister <- c
 		c.conn.Close()
 		atomic.AddInt64(&counters.open, -1)
 	}()
@@ -179,7 +188,7 @@ func (c *client) readPump() {
 			if !joined && in.User != nil && validName(*in.User) {
 				joined = true
 				c.name = *in.User
-				c.hub.register <- c
+				c.hub.join <- c
 			}
 		case "chat":
 			if !joined || len(in.Text) == 0 || in.Text[0] != '"' {
@@ -217,23 +226,28 @@ func (c *client) readPump() {
 // writePump sends what the hub queued, and pings, as in the example.
 func (c *client) writePump() {
 	ticker := time.NewTicker(pingPeriod)
-	defer func() {
-		ticker.Stop()
-		c.conn.Close()
-	}()
+	defer ticker.Stop()
 	for {
 		select {
 		case message, ok := <-c.send:
 			c.mu.Lock()
 			c.conn.SetWriteDeadline(time.Now().Add(writeWait))
 			if !ok {
-				// Unregistered (left, dropped, or never joined): the reader closes the socket.
+				// Dropped by the hub: its close (1008, 1001) goes out here, and
+				// the read pump, which gets the client's answer (or gives up
+				// after 2 s), closes the socket.
+				if c.closeCode != 0 {
+					c.conn.WriteMessage(websocket.CloseMessage,
+						websocket.FormatCloseMessage(c.closeCode, c.closeReason))
+					c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+				}
 				c.mu.Unlock()
 				return
 			}
 			err := c.conn.WriteMessage(websocket.TextMessage, message)
 			c.mu.Unlock()
 			if err != nil {
+				c.conn.Close()
 				return
 			}
 		case <-ticker.C:
@@ -242,6 +256,7 @@ func (c *client) writePump() {
 			err := c.conn.WriteMessage(websocket.PingMessage, nil)
 			c.mu.Unlock()
 			if err != nil {
+				c.conn.Close()
 				return
 			}
 		}
@@ -262,6 +277,7 @@ func serveWs(h *hub, w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	c := &client{hub: h, conn: conn, send: make(chan []byte, 256), tokens: 10, at: time.Now()}
+	h.register <- c
 	go c.writePump()
 	go c.readPump()
 }
@@ -273,6 +289,7 @@ func main() {
 		clients:    make(map[*client]bool),
 		broadcast:  make(chan outgoing),
 		register:   make(chan *client),
+		join:       make(chan *client),
 		unregister: make(chan *client),
 		shutdown:   make(chan chan struct{}),
 	}

@@ -7,11 +7,15 @@
 //! socket. The chat is serialized once and the same bytes (`Utf8Bytes`,
 //! reference-counted) go to every peer.
 //!
-//! Differences from the example: `/health` is answered before the handshake
-//! (tungstenite serves upgrades only), the per-peer channel is bounded (a peer
-//! whose 4,096 queued messages are not drained is closed with 1008, as a
-//! slow consumer), and the statistics block the compared servers print is
-//! printed at exit.
+//! Like the example, the forwarding half sends everything queued, then
+//! flushes once (what `rx.forward(outgoing)` does). Differences from the
+//! example: `/health` is answered before the handshake (tungstenite serves
+//! upgrades only), the per-peer channel is bounded (a peer whose 4,096
+//! queued messages are not drained is closed with 1008, as a slow
+//! consumer, through a control channel of its own that the forwarding half
+//! watches first), every upgraded connection, joined or not, gets 1001 at
+//! SIGTERM, and the statistics block the compared servers print is printed
+//! at exit.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,8 +39,16 @@ const QUEUE: usize = 4096;
 
 type Tx = mpsc::Sender<Message>;
 
-/// Joined peers, by their socket address.
-type PeerMap = Arc<Mutex<HashMap<SocketAddr, Tx>>>;
+/// An upgraded connection: its queue, the close that ends it early (a
+/// slow consumer, shutdown), and whether it joined (only those get chats).
+struct Peer {
+    tx: Tx,
+    close: mpsc::Sender<CloseFrame>,
+    joined: bool,
+}
+
+/// Upgraded connections, by their socket address.
+type PeerMap = Arc<Mutex<HashMap<SocketAddr, Peer>>>;
 
 #[derive(Default)]
 struct Stats {
@@ -127,12 +139,11 @@ async fn main() {
     }
     // Close 1001 to everyone, then give them a moment to answer.
     drop(listener);
-    let senders: Vec<Tx> = peers.lock().expect("peers").values().cloned().collect();
-    for tx in senders {
-        let _ = tx.try_send(Message::Close(Some(CloseFrame {
+    for peer in peers.lock().expect("peers").values() {
+        let _ = peer.close.try_send(CloseFrame {
             code: CloseCode::Away,
             reason: "server shutting down".into(),
-        })));
+        });
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     while stats.open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
@@ -183,12 +194,43 @@ async fn handle_connection(
 
     let (mut outgoing, mut incoming) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
-    // The forwarding half: whatever is queued for this peer goes to its socket.
+    let (close, mut close_rx) = mpsc::channel::<CloseFrame>(1);
+    peers.lock().expect("peers").insert(
+        addr,
+        Peer {
+            tx: tx.clone(),
+            close,
+            joined: false,
+        },
+    );
+    // The forwarding half: whatever is queued for this peer goes to its
+    // socket, all of it before one flush (as `forward` does in the example);
+    // a close from the control channel goes first.
     let forward = tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
-            let closing = matches!(message, Message::Close(_));
-            if outgoing.send(message).await.is_err() || closing {
-                break;
+        loop {
+            tokio::select! {
+                biased;
+                Some(frame) = close_rx.recv() => {
+                    let _ = outgoing.send(Message::Close(Some(frame))).await;
+                    break;
+                }
+                message = rx.recv() => {
+                    let Some(mut message) = message else { break };
+                    loop {
+                        let closing = matches!(message, Message::Close(_));
+                        if outgoing.feed(message).await.is_err() || closing {
+                            let _ = outgoing.flush().await;
+                            return;
+                        }
+                        match rx.try_recv() {
+                            Ok(more) => message = more,
+                            Err(_) => break,
+                        }
+                    }
+                    if outgoing.flush().await.is_err() {
+                        break;
+                    }
+                }
             }
         }
     });
@@ -211,7 +253,9 @@ async fn handle_connection(
             ("join", None) => {
                 if let Some(user) = request.user.filter(|u| valid_name(u)) {
                     name = Some(user.into_owned());
-                    peers.lock().expect("peers").insert(addr, tx.clone());
+                    if let Some(peer) = peers.lock().expect("peers").get_mut(&addr) {
+                        peer.joined = true;
+                    }
                 }
             }
             ("chat", Some(user)) => {
@@ -233,16 +277,18 @@ async fn handle_connection(
                 let frame =
                     Message::Text(Utf8Bytes::from(serde_json::to_string(&chat).expect("JSON")));
                 stats.relayed.fetch_add(1, Ordering::Relaxed);
-                let map = peers.lock().expect("peers");
-                for (peer, peer_tx) in map.iter() {
-                    if *peer != addr && peer_tx.try_send(frame.clone()).is_err() {
-                        // Its queue is full: a slow consumer.
-                        let _ = peer_tx.try_send(Message::Close(Some(CloseFrame {
-                            code: CloseCode::Policy,
-                            reason: "slow consumer".into(),
-                        })));
+                let mut map = peers.lock().expect("peers");
+                map.retain(|other, peer| {
+                    if *other == addr || !peer.joined || peer.tx.try_send(frame.clone()).is_ok() {
+                        return true;
                     }
-                }
+                    // Its queue is full: a slow consumer, closed and out of the room.
+                    let _ = peer.close.try_send(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "slow consumer".into(),
+                    });
+                    false
+                });
             }
             ("ping", _) => {
                 let pong = match request.ts {
@@ -254,7 +300,9 @@ async fn handle_connection(
             ("leave", _) => {
                 // Out of the room; the close handshake ends the stream (the
                 // client's close frame is the last thing read).
-                peers.lock().expect("peers").remove(&addr);
+                if let Some(peer) = peers.lock().expect("peers").get_mut(&addr) {
+                    peer.joined = false;
+                }
                 let _ = tx
                     .send(Message::Close(Some(CloseFrame {
                         code: CloseCode::Normal,
