@@ -135,6 +135,11 @@ def plan(size):
     return int(senders), per_sec / senders
 
 
+def missed(r):
+    """A knee step the server did not hold: p99 over 50 ms or deliveries lost."""
+    return r["latency_p99_ms"] > 50 or r["delivery_ratio"] < 0.999
+
+
 def profile_a(args):
     rows = servers(args.servers)
     sizes = [500] if args.quick else SIZES
@@ -165,8 +170,21 @@ def profile_a(args):
             finally:
                 server.stop()
             r.update(server=row["name"], step="knee", size=int(knee_size))
+            if missed(r) and not args.quick:
+                # Once more, with a fresh process: a knee is a load the server
+                # fails twice, not one spike of a shared machine.
+                progress.total += 1
+                progress.step(f"{row['name']}: knee, {senders} senders again (p99 {r['latency_p99_ms']:.0f} ms)")
+                server = Server(row["command"])
+                try:
+                    again = loadgen(server, ["fanout", "--connections", knee_size, "--senders", str(senders),
+                                             "--rate", "9", "--duration", duration])
+                finally:
+                    server.stop()
+                again.update(server=row["name"], step="knee", size=int(knee_size), retried=True)
+                r = again
             results.append(r)
-            if r["latency_p99_ms"] > 50 or r["delivery_ratio"] < 0.999:
+            if missed(r):
                 # Past the knee: the rest would be further past it.
                 progress.total -= len(knee) - knee.index(senders) - 1
                 break
@@ -317,7 +335,7 @@ def markdown(run):
                        f"{fmt(r.get('loadgen_cpu_percent'))} |")
         knees = [r for r in run["results"] if r["step"] == "knee"]
         if knees:
-            out += ["", f"The knee at {knees[0]['size']:,} connections (9 chats/s per sender; held: p99 <= 50 ms and ratio >= 0.999):",
+            out += ["", f"The knee at {knees[0]['size']:,} connections (9 chats/s per sender; held: p99 <= 50 ms and ratio >= 0.999; a step missed is run once more with a fresh process, and the knee is where it misses twice):",
                     "", "| Server | Senders | Offered/s | Delivered/s | Ratio | p99 ms | Held | Generator CPU % |",
                     "| --- |" + " --- |" * 7]
             for r in knees:

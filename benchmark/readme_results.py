@@ -67,7 +67,8 @@ def profile_a(path, run):
     if knees:
         out += ["", f"![The knee at 1,000 connections]({base}-knee.svg)", "",
                 "The knee at 1,000 connections: senders (9 chats/s each) added until p99 passes 50 ms or the "
-                "delivery ratio falls under 0.999.", "",
+                "delivery ratio falls under 0.999 (a step missed is run once more with a fresh process: the knee is a "
+                "load missed twice, not one spike of a shared machine).", "",
                 "| Server | Highest load held | p99 there | The next step | Generator CPU there |",
                 "| --- | --- | --- | --- | --- |"]
         for name in dict.fromkeys(r["server"] for r in knees):
