@@ -451,3 +451,42 @@ fn the_client_comes_back_after_a_restart_and_prints_what_it_missed() {
         "{stderr}"
     );
 }
+
+#[test]
+fn input_that_ends_while_the_connection_is_down_is_said_and_ends() {
+    let server = ServerProcess::start(&[]);
+    let mut bob = ChatClient::joined(&server, "bob");
+    server.signal(libc::SIGTERM);
+    let _ = server.wait_exit(PATIENCE);
+    // A line that can no longer be sent, then the end of the input: it
+    // waits a while for a connection, then says so and exits 5.
+    bob.type_line("typed while down");
+    let started = Instant::now();
+    let (status, stderr) = bob.finish();
+    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("the input ended while the connection was down: 1 lines not sent"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_server_gone_silent_is_given_up_after_25_seconds() {
+    let server = ServerProcess::start(&[]);
+    let bob = ChatClient::joined(&server, "bob");
+    // Stopped, not closed: no FIN, no reset, nothing (a dead path).
+    server.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(27));
+    server.signal(libc::SIGKILL);
+    let (status, stderr) = bob.finish();
+    assert!(status.success(), "{status} {stderr}");
+    assert!(
+        stderr.contains("nothing from the server for 25 s; reconnecting in"),
+        "{stderr}"
+    );
+}

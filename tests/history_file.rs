@@ -148,10 +148,12 @@ fn every_kind_of_bad_file_is_refused_and_the_server_starts_fresh() {
             "not a history file",
         ),
         (
-            "not JSON",
-            "\u{0}\u{1}garbage".into(),
+            "an id past 2^53",
+            format!(
+                "{{\"websocket-public-chat-history\":1,\"epoch\":\"{epoch}\",\"last\":18446744073709551615,\"chats\":[]}}"
+            ),
             &[],
-            "not a history file",
+            "ids",
         ),
         (
             "another version",
@@ -229,14 +231,52 @@ fn every_kind_of_bad_file_is_refused_and_the_server_starts_fresh() {
         assert_eq!(dave.recv()["id"], 1, "{what}");
         drop(server);
     }
-    // A folder where the file should be: cannot be read, nor written at the stop.
-    let file = dir.join("a-folder");
-    std::fs::create_dir_all(&file).unwrap();
-    on_purpose("a history file that is a folder");
-    let server = start(&file, &[]);
-    assert!(said(&server).contains("cannot read"), "{}", said(&server));
-    let log = stop(server);
-    assert!(log.contains("cannot write"), "{log}");
+}
+
+#[test]
+fn what_is_not_a_history_file_is_left_alone() {
+    let dir = folder("not-ours");
+    // A file of someone else's (a typo in the path), a folder, a FIFO (which
+    // would block a plain open): each left as it is, and not written at the stop.
+    let victim = dir.join("notes.txt");
+    std::fs::write(&victim, "someone's notes\n").unwrap();
+    let a_folder = dir.join("a-folder");
+    std::fs::create_dir_all(&a_folder).unwrap();
+    let fifo = dir.join("a-fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (path, says) in [
+        (&victim, "is not a history file: left alone"),
+        (&a_folder, "is not a regular file: left alone"),
+        (&fifo, "is not a regular file: left alone"),
+    ] {
+        on_purpose(&format!("--history-file {}", path.display()));
+        let server = start(path, &[]);
+        assert!(said(&server).contains(says), "{}", said(&server));
+        let mut alice = Client::joined(&server, "alice");
+        alice.send(chat("hello"));
+        alice.sync();
+        let log = stop(server);
+        assert!(!log.contains("kept in"), "{log}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "someone's notes\n"
+    );
+    assert!(a_folder.is_dir());
+    // A path whose folder does not exist stops the server at start, not at
+    // the next deploy.
+    let output = std::process::Command::new(server_binary())
+        .args(["--host", "127.0.0.1", "--port", "0", "--history-file"])
+        .arg(dir.join("missing").join("room.json"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot start: --history-file"), "{stderr}");
 }
 
 #[test]

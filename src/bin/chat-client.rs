@@ -4,13 +4,16 @@
 //! the end of its input. A lost connection or a server that shuts down
 //! (1001) is opened again with the page's backoff, and the rejoin asks for
 //! what was missed (`since`/`epoch`), printed in place (`--no-reconnect`:
-//! exit instead). Two threads: this one reads the socket and reconnects, a
-//! second one reads stdin; both write frames through one lock.
+//! exit instead). Three threads: this one reads the socket and reconnects,
+//! one reads stdin into a queue, one sends what it queued (paced, waiting
+//! for a connection); writers share one lock.
 
 use std::hash::BuildHasher;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +34,10 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TICK: Duration = Duration::from_millis(200);
 /// Largest message we take from the server (its chats are far smaller).
 const MAX_INCOMING: usize = 16 << 20;
+/// After this long without a byte from the server, a JSON ping (as the page does).
+const SILENT_PING: Duration = Duration::from_secs(15);
+/// After this long without a byte, the connection is given up as lost.
+const SILENT_LOST: Duration = Duration::from_secs(25);
 
 #[derive(Parser)]
 #[command(
@@ -120,15 +127,37 @@ fn run(args: &Args) -> Result<(), Failure> {
         left_at: Mutex::new(None),
         last_shown: Mutex::new(0),
         room: Mutex::new(Room::default()),
+        input_ended: AtomicBool::new(false),
+        unsent: AtomicU64::new(0),
+        joins: AtomicU64::new(0),
     });
-    let stdin_side = Arc::clone(&shared);
+    let (lines, queue) = mpsc::channel();
+    let reader = Arc::clone(&shared);
+    std::thread::spawn(move || {
+        // Lines are queued as they come, so the end of input is seen even
+        // while a line waits for a connection.
+        for line in io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if line.trim_end_matches('\r') == "/quit" || lines.send(line).is_err() {
+                break;
+            }
+        }
+        reader.input_ended.store(true, Ordering::Relaxed);
+    });
+    let sender = Arc::clone(&shared);
     let max = args.max_message_size;
-    std::thread::spawn(move || stdin_side.pump_stdin(max));
+    std::thread::spawn(move || sender.pump(&queue, max));
     let mut retry = 0;
     loop {
+        let joins = shared.joins.load(Ordering::Relaxed);
         let ending = shared.session(stream, unread, args);
+        // The backoff starts again only once a connection got as far as
+        // `joined` (a server that accepts, then closes, is not hammered).
+        if shared.joins.load(Ordering::Relaxed) != joins {
+            retry = 0;
+        }
         let why = match ending {
-            Ok(()) => return Ok(()),
+            Ok(()) => return shared.finished(),
             Err(Ending::Final(failure)) => return Err(failure),
             Err(Ending::Lost(why)) if args.no_reconnect => return Err(Failure::Lost(why)),
             Err(Ending::Lost(why)) => why,
@@ -137,7 +166,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         let mut why = why;
         (stream, unread) = loop {
             if shared.left_at().is_some() {
-                return Ok(()); // The input ended while the connection was down.
+                return shared.finished(); // The input ended while the connection was down.
             }
             let delay = client::backoff(retry, 0.75 + (random_u64() % 1001) as f64 / 2000.0);
             retry += 1;
@@ -147,7 +176,7 @@ fn run(args: &Args) -> Result<(), Failure> {
                 delay.as_secs_f64()
             );
             if shared.sleep_unless_leaving(delay) {
-                return Ok(());
+                return shared.finished();
             }
             match open(&url, args.bind) {
                 Ok(opened) => break opened,
@@ -160,7 +189,6 @@ fn run(args: &Args) -> Result<(), Failure> {
                 Err(Failure::Refused(r)) => why = format!("handshake refused: {r}"),
             }
         };
-        retry = 0;
     }
 }
 
@@ -232,6 +260,12 @@ struct Shared {
     last_shown: Mutex<u64>,
     /// What a rejoin asks for.
     room: Mutex<Room>,
+    /// Standard input has ended (or said `/quit`).
+    input_ended: AtomicBool,
+    /// Lines given up on: the input ended while the connection was down.
+    unsent: AtomicU64,
+    /// `joined` messages so far (the backoff restarts after one).
+    joins: AtomicU64,
 }
 
 /// The connection frames go out on, if one is up.
@@ -295,38 +329,46 @@ impl Shared {
     }
 
     /// Sends a chat, waiting for a connection if none is up: a line typed
-    /// while the connection is down goes out once it is back.
-    fn send_chat(&self, json: &[u8]) {
+    /// while the connection is down goes out once it is back. False: the
+    /// input has ended and no connection came within `TIMEOUT`: given up.
+    fn send_chat(&self, json: &[u8]) -> bool {
         let mut after = 0;
+        let waiting = Instant::now();
         let mut link = lock(&self.sink);
         loop {
             while link.sink.is_none() || link.generation <= after {
-                link = self.connected.wait(link).unwrap_or_else(|e| e.into_inner());
+                if self.input_ended.load(Ordering::Relaxed) && waiting.elapsed() > TIMEOUT {
+                    return false;
+                }
+                link = self
+                    .connected
+                    .wait_timeout(link, READ_TICK)
+                    .map_or_else(|e| e.into_inner().0, |(link, _)| link);
             }
             if write_frames(&mut link, &[(OpCode::Text, json)]).is_ok() {
-                return;
+                return true;
             }
             // Not sent: the socket side sees the loss and connects again.
             after = link.generation;
         }
     }
 
-    /// Sends each line of stdin as a chat; leaves on `/quit` or end of input.
-    fn pump_stdin(&self, max_message: usize) {
+    /// The end: an error if lines were given up on.
+    fn finished(&self) -> Result<(), Failure> {
+        match self.unsent.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            n => Err(Failure::Lost(format!(
+                "the input ended while the connection was down: {n} lines not sent"
+            ))),
+        }
+    }
+
+    /// Sends each queued line as a chat; leaves once the input ends.
+    fn pump(&self, queue: &Receiver<String>, max_message: usize) {
         let started = Instant::now();
         let mut bucket = TokenBucket::full(0);
-        let mut stdin = io::stdin().lock();
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            if !matches!(stdin.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                break;
-            }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\n', '\r']);
-            if text == "/quit" {
-                break;
-            }
+        while let Ok(text) = queue.recv() {
+            let text = text.trim_end_matches('\r');
             if text.trim().is_empty() {
                 continue;
             }
@@ -342,7 +384,11 @@ impl Shared {
             while !bucket.try_take(started.elapsed().as_millis() as u64) {
                 std::thread::sleep(Duration::from_millis(rate_limit::REFILL_MS / 10));
             }
-            self.send_chat(json.as_bytes());
+            if !self.send_chat(json.as_bytes()) {
+                let unsent = 1 + queue.try_iter().count() as u64;
+                self.unsent.store(unsent, Ordering::Relaxed);
+                break;
+            }
         }
         // Leave and close in one write: the server's answer to the leave ends
         // the socket side (and the process), so the close must already be out.
@@ -392,7 +438,9 @@ impl Shared {
         ended
     }
 
-    /// Reads frames until the close handshake ends.
+    /// Reads frames until the close handshake ends. A server silent for
+    /// `SILENT_PING` is pinged; silent for `SILENT_LOST`, it is given up
+    /// (a connection that died without a FIN), as the page does.
     fn read_socket(&self, mut stream: TcpStream, unread: &mut [u8]) -> Result<(), Ending> {
         let lost = |e: io::Error| Ending::Lost(format!("connection lost: {e}"));
         stream.set_read_timeout(Some(READ_TICK)).map_err(lost)?;
@@ -401,6 +449,8 @@ impl Shared {
             return end;
         }
         let mut chunk = vec![0u8; 64 * 1024];
+        let mut heard = Instant::now();
+        let mut pinged = false;
         loop {
             match stream.read(&mut chunk) {
                 Ok(0) => {
@@ -409,6 +459,7 @@ impl Shared {
                     ));
                 }
                 Ok(n) => {
+                    (heard, pinged) = (Instant::now(), false);
                     if let Some(end) = self.on_bytes(&mut reader, &mut chunk[..n]) {
                         return end;
                     }
@@ -423,6 +474,17 @@ impl Shared {
                         return Err(Ending::Final(Failure::Lost(
                             "the server did not answer our close".into(),
                         )));
+                    }
+                    let silent = heard.elapsed();
+                    if silent > SILENT_LOST {
+                        return Err(Ending::Lost(format!(
+                            "connection lost: nothing from the server for {} s",
+                            silent.as_secs()
+                        )));
+                    }
+                    if silent > SILENT_PING && !pinged {
+                        pinged = true;
+                        let _ = self.send(OpCode::Text, br#"{"type":"ping","ts":0}"#);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -527,6 +589,7 @@ impl Shared {
     /// may be missing (away past the history window, or a server restarted
     /// without its history).
     fn on_joined(&self, epoch: String, last: u64, recovered: bool) {
+        self.joins.fetch_add(1, Ordering::Relaxed);
         let asked_history = !self.live();
         *lock(&self.live) = true;
         let mut room = lock(&self.room);

@@ -26,6 +26,12 @@ pub const VERSION: u64 = 1;
 /// What the file may hold beyond the chats' bytes (the head, commas): a
 /// larger file cannot fit `--history-bytes` and is not read further.
 pub const SLACK: usize = 4096;
+/// How every file this server writes begins: a file that does not is not
+/// one (the server leaves it alone rather than take it).
+pub const MAGIC: &[u8] = b"{\"websocket-public-chat-history\":";
+/// The largest id a file may carry: 2^53 - 1, the largest a browser's
+/// numbers hold exactly (the room would need 285,000 years at 1,000 chats/s).
+pub const MAX_ID: u64 = (1 << 53) - 1;
 
 /// The room's state as a file brought it back.
 #[derive(Debug)]
@@ -78,6 +84,7 @@ impl fmt::Display for Refusal {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct File<'a> {
     #[serde(rename = "websocket-public-chat-history")]
     version: u64,
@@ -133,12 +140,14 @@ pub fn decode(
     if file.version != VERSION {
         return Err(Refusal::Version(file.version));
     }
-    if file.epoch.len() != 16 || !file.epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if file.epoch.len() != 16 || !file.epoch.bytes().all(hex) {
         return Err(Refusal::Epoch);
     }
     let count = file.chats.len();
-    let first = (file.last + 1)
-        .checked_sub(count as u64)
+    let first = (file.last <= MAX_ID)
+        .then(|| (file.last + 1).checked_sub(count as u64))
+        .flatten()
         .filter(|&first| first >= 1)
         .ok_or(Refusal::Ids)?;
     let mut chats = Vec::with_capacity(count);
@@ -190,6 +199,7 @@ mod tests {
     fn a_ring_comes_back_as_it_was() {
         let h = ring(&["hello", "line\nbreak \u{202e}", "\"quoted\""], 41);
         let bytes = encode("0123456789abcdef", &h);
+        assert!(bytes.starts_with(MAGIC));
         let s = decode(&bytes, 100, 1 << 20, MAX).unwrap();
         assert_eq!(
             (&*s.epoch, s.last, s.chats.len()),
@@ -218,6 +228,20 @@ mod tests {
             refused(&good.replace("0123456789abcdef", "x")),
             Refusal::Epoch
         );
+        let upper = good.replace("0123456789abcdef", "0123456789ABCDEF");
+        assert_eq!(refused(&upper), Refusal::Epoch);
+        let unknown = good.replace("\"last\":2", "\"last\":2,\"x\":1");
+        assert_eq!(refused(&unknown), Refusal::Malformed);
+        let empty = |last: u64| {
+            format!(
+                "{{\"websocket-public-chat-history\":1,\"epoch\":\"0123456789abcdef\",\"last\":{last},\"chats\":[]}}"
+            )
+        };
+        for last in [MAX_ID + 1, u64::MAX - 1, u64::MAX] {
+            assert_eq!(refused(&empty(last)), Refusal::Ids, "{last}");
+        }
+        let at_max = decode(empty(MAX_ID).as_bytes(), 100, 1 << 20, MAX);
+        assert_eq!(at_max.map(|s| s.last), Ok(MAX_ID));
         let forged = good.replace("\"ann\"", "\"a\\u0000b\"");
         assert_eq!(refused(&forged), Refusal::Chat { at: 0 });
         let not_text = good.replacen("\"text\":\"a\"", "\"text\":7", 1);

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::engine::cluster::FromCluster;
 use crate::engine::{Action, Engine, Options, PRIVATE_SLOTS, READ_BUF, REFUSAL_SLOTS};
 use backplane::{Backplane, Target};
+use history_file::Taken;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -140,7 +141,7 @@ impl Server {
         }
         // Taken only once everything else started: a server that cannot
         // start leaves the file for the next attempt.
-        let history_file = match (&config.history_file, &config.redis) {
+        let mut history_file = match (&config.history_file, &config.redis) {
             (Some(_), Some(_)) => {
                 eprintln!(
                     "websocket-public-chat: --history-file is ignored with --redis (Redis keeps \
@@ -150,9 +151,21 @@ impl Server {
             }
             (path, _) => path.clone(),
         };
-        let restored = history_file
+        if let Some(path) = &history_file {
+            history_file::check_folder(path)
+                .map_err(|e| format!("cannot start: --history-file {}: {e}", path.display()))?;
+        }
+        let restored = match history_file
             .as_deref()
-            .and_then(|path| history_file::take(path, &config));
+            .map(|p| history_file::take(p, &config))
+        {
+            Some(Taken::Room(room)) => Some(room),
+            Some(Taken::LeftAlone) => {
+                history_file = None;
+                None
+            }
+            Some(Taken::Fresh) | None => None,
+        };
         let options = Options {
             max_conns,
             public_slots,

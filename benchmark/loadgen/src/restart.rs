@@ -459,6 +459,15 @@ fn storm(
             STORM_LIMIT.as_secs()
         ));
     }
+    // Where the room is kept (Redis, or --history-file), everyone must come
+    // back whole.
+    let keeps_room = moving || settings.servers[0].contains("--history-file");
+    if keeps_room && t.ids.incomplete > 0 {
+        report.fail(format!(
+            "{} recoveries incomplete, though the room was kept",
+            t.ids.incomplete
+        ));
+    }
     if t.ids.recoveries < settings.people as u64 {
         report.fail(format!(
             "{} of {} people recovered",
