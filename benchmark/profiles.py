@@ -146,43 +146,36 @@ def profile_a(args):
     duration = "2" if args.quick else "10"
     # --quick: one knee step, so the knee's chart is drawn in the test command too.
     knee = [1] if args.quick else KNEE_SENDERS
-    knee_size = str(sizes[0] if args.quick else 1000)
+    knee_size = sizes[0] if args.quick else 1000
     progress = Progress(len(rows) * (len(sizes) + len(knee)))
     results = []
     for row in rows:
+        def fanout(connections, senders, rate):
+            """One step: a fresh server process, one loadgen fanout run."""
+            server = Server(row["command"])
+            try:
+                return loadgen(server, ["fanout", "--connections", str(connections), "--senders", str(senders),
+                                        "--rate", f"{rate:.4f}", "--duration", duration])
+            finally:
+                server.stop()
+
         for size in sizes:
             senders, rate = plan(size)
             progress.step(f"{row['name']}: {size} connections, {senders} senders x {rate:.2f}/s")
-            server = Server(row["command"])
-            try:
-                r = loadgen(server, ["fanout", "--connections", str(size), "--senders", str(senders),
-                                     "--rate", f"{rate:.4f}", "--duration", duration])
-            finally:
-                server.stop()
+            r = fanout(size, senders, rate)
             r.update(server=row["name"], step="sizes", size=size)
             results.append(r)
         for senders in knee:
             progress.step(f"{row['name']}: knee, {knee_size} connections, {senders} senders x 9/s")
-            server = Server(row["command"])
-            try:
-                r = loadgen(server, ["fanout", "--connections", knee_size, "--senders", str(senders),
-                                     "--rate", "9", "--duration", duration])
-            finally:
-                server.stop()
-            r.update(server=row["name"], step="knee", size=int(knee_size))
+            r = fanout(knee_size, senders, 9)
+            r.update(server=row["name"], step="knee", size=knee_size)
             if missed(r) and not args.quick:
                 # Once more, with a fresh process: a knee is a load the server
                 # fails twice, not one spike of a shared machine.
                 progress.total += 1
                 progress.step(f"{row['name']}: knee, {senders} senders again (p99 {r['latency_p99_ms']:.0f} ms)")
-                server = Server(row["command"])
-                try:
-                    again = loadgen(server, ["fanout", "--connections", knee_size, "--senders", str(senders),
-                                             "--rate", "9", "--duration", duration])
-                finally:
-                    server.stop()
-                again.update(server=row["name"], step="knee", size=int(knee_size), retried=True)
-                r = again
+                r = fanout(knee_size, senders, 9)
+                r.update(server=row["name"], step="knee", size=knee_size, retried=True)
             results.append(r)
             if missed(r):
                 # Past the knee: the rest would be further past it.
