@@ -482,11 +482,15 @@ fn a_client_recovers_on_another_instance_and_everyone_sees_one_order() {
         );
     }
 
-    // Dave drops off A; the room goes on; he comes back on B with since.
+    // Dave drops off A; the room goes on; he comes back on B with since,
+    // once B has relayed all nine (a watcher there has them): otherwise he
+    // rightly gets what B has, and the rest live.
     let last_seen = *ids.last().unwrap();
     drop(dave);
+    let mut watcher = Client::joined(&servers[1], "watcher");
     round(&mut people, "s");
     let missed = id_text(&next_chats(&mut people[0], 6));
+    next_chats(&mut watcher, 9);
     let (mut dave, replayed, joined) = join_with(
         &servers[1],
         "dave",

@@ -263,9 +263,11 @@ impl Engine {
             catching_up: BTreeMap::new(),
             awaiting: 0,
             plain_members: 0,
-            // Guest numbers start at a random thousand, so instances sharing
-            // a room through Redis rarely give the same name.
-            next_guest: u64::from_str_radix(epoch.get(..3).unwrap_or("0"), 16).unwrap_or(0) * 1000,
+            // Guest numbers start at a random thousand (this start's own
+            // epoch, not a restored one), so instances sharing a room, or
+            // one started again, rarely give the same name.
+            next_guest: u64::from_str_radix(options.epoch.get(..3).unwrap_or("0"), 16).unwrap_or(0)
+                * 1000,
             epoch,
             config,
             max_conns: options.max_conns,
