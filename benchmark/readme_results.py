@@ -9,6 +9,8 @@ import json
 import os
 import re
 
+from profiles import missed  # the knee's rule, in one place
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -73,7 +75,7 @@ def profile_a(path, run):
                 "| --- | --- | --- | --- | --- |"]
         for name in dict.fromkeys(r["server"] for r in knees):
             mine = [r for r in knees if r["server"] == name]
-            held = [r for r in mine if r["latency_p99_ms"] <= 50 and r["delivery_ratio"] >= 0.999]
+            held = [r for r in mine if not missed(r)]
             best = max(held, key=lambda r: r["offered_deliveries_per_sec"]) if held else None
             after = next((r for r in mine if best is None or r["offered_deliveries_per_sec"] > best["offered_deliveries_per_sec"]), None)
             nxt = "-" if after is None else (f"{n(after['offered_deliveries_per_sec'])}/s: p99 {n(after['latency_p99_ms'], 1)} ms, "

@@ -168,7 +168,7 @@ fn run(args: &Args) -> Result<(), Failure> {
             if shared.left_at().is_some() {
                 return shared.finished(); // The input ended while the connection was down.
             }
-            let delay = client::backoff(retry, 0.75 + (random_u64() % 1001) as f64 / 2000.0);
+            let delay = client::backoff(retry, client::jitter(random_u64()));
             retry += 1;
             eprintln!(
                 "chat-client: {}; reconnecting in {:.1} s",

@@ -240,6 +240,11 @@ pub fn join_json(user: &str, history: u64, since: Option<(u64, &str)>) -> String
     join.to_string()
 }
 
+/// A jitter factor from 0.75 to 1.25 for `backoff`, from random bits.
+pub fn jitter(random: u64) -> f64 {
+    0.75 + (random % 1001) as f64 / 2000.0
+}
+
 /// How long to wait before reconnection attempt `retry` (from 0), as the
 /// page does: 0.5 s, 1 s, 2 s ... up to 10 s, times `jitter` (0.75 to 1.25:
 /// a restarted server is not hit by everyone at once).

@@ -247,7 +247,8 @@ impl Engine {
         let trusted = config.trusted_proxies.clone();
         let ip_limit = (config.max_conns_per_ip > 0).then(|| IpLimit::new(config.max_conns_per_ip));
         let mut history = History::new(config.history, config.history_bytes);
-        let epoch = match options.restored.filter(|_| options.instance.is_none()) {
+        // The driver gives a restored room only without Redis (which keeps it).
+        let epoch = match options.restored {
             Some(restored) => {
                 history.restore(restored.last, restored.chats);
                 restored.epoch

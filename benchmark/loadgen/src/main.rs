@@ -12,6 +12,7 @@ mod ids;
 mod procstat;
 mod reconnect;
 mod restart;
+mod rng;
 mod scenario;
 
 use std::process::ExitCode;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::fleet::{Ending, Fleet, Handler};
 use crate::ids::{self, Message, Seen};
+use crate::rng::Rng;
 use crate::{Report, ServerWatch, Window, chat_payload};
 
 pub struct Settings {
@@ -69,24 +70,16 @@ struct Reconnect {
     joined_helpers: usize,
     room_last: u64,
     tally: Tally,
-    rng: u64,
+    rng: Rng,
     settings_stay: Duration,
     /// After the sending stops, nobody drops any more.
     dropping: bool,
 }
 
 impl Reconnect {
-    /// xorshift64*: reproducible with `--seed`.
-    fn random(&mut self) -> u64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
     /// A random duration from 0 to `2 * mean` (so `mean` on average).
     fn around(&mut self, mean: Duration) -> Duration {
-        mean.mul_f64((self.random() % 2001) as f64 / 1000.0)
+        mean.mul_f64((self.rng.next_u64() % 2001) as f64 / 1000.0)
     }
 
     /// A person's id stream: `id` must be exactly one more than the last seen.
@@ -213,7 +206,7 @@ pub fn run(
         joined_helpers: 0,
         room_last: 0,
         tally: Tally::default(),
-        rng: settings.seed | 1,
+        rng: Rng::new(settings.seed),
         settings_stay: settings.stay,
         dropping: true,
     };

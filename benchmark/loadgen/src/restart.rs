@@ -24,6 +24,7 @@ use websocket_public_chat::client;
 use crate::fleet::{Ending, Fleet, Handler};
 use crate::ids::{self, Message, Seen};
 use crate::procstat::{self, Sample};
+use crate::rng::Rng;
 use crate::{Report, chat_payload};
 
 pub struct Settings {
@@ -89,19 +90,10 @@ struct Restart {
     room_epoch: Option<String>,
     room_last: u64,
     tally: Tally,
-    rng: u64,
+    rng: Rng,
 }
 
 impl Restart {
-    /// xorshift64*: the backoff's jitter, reproducible with `--seed`.
-    fn jitter(&mut self) -> f64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        0.75 + (x % 1001) as f64 / 2000.0
-    }
-
     fn connect(&mut self, fleet: &mut Fleet, who: usize) -> std::io::Result<()> {
         let target = match self.members[who].sender {
             true => self.senders_target,
@@ -207,7 +199,8 @@ impl Handler for Restart {
             _ => {}
         }
         // As the page does: 0.5 s, 1 s, 2 s ... up to 10 s, jittered.
-        let delay = client::backoff(self.members[who].retry, self.jitter());
+        let jitter = client::jitter(self.rng.next_u64());
+        let delay = client::backoff(self.members[who].retry, jitter);
         let m = &mut self.members[who];
         m.retry += 1;
         m.key = None;
@@ -321,7 +314,7 @@ fn storm(
         room_epoch: None,
         room_last: 0,
         tally: Tally::default(),
-        rng: settings.seed | 1,
+        rng: Rng::new(settings.seed),
     };
     for who in 0..settings.senders + settings.people {
         state.members.push(Member {
