@@ -77,10 +77,18 @@ pub struct Config {
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
 
-    /// Serve /metrics and /stats on this address only (e.g. 10.0.0.5:9100, a
-    /// private interface); the public port then answers them with 404.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub metrics_address: Option<String>,
+    /// The private listener, for operators only (e.g. 10.0.0.5:9100, a private
+    /// interface): /metrics and /stats are served there alone (the public port
+    /// answers them with 404), and the admin API with --admin-token-file.
+    /// (Its first name, --metrics-address, still works.)
+    #[arg(long, visible_alias = "metrics-address", value_name = "ADDR:PORT")]
+    pub private_address: Option<String>,
+
+    /// Serve the admin API (/admin/...: members, kick, ban, mute, announce) on
+    /// --private-address, to requests bearing the token this file holds
+    /// (`Authorization: Bearer TOKEN`; 16 to 256 visible ASCII characters).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
 
     /// A proxy in front (an address or a CIDR block, e.g. 10.0.0.0/8; repeatable):
     /// connections from it take the client's address from a PROXY protocol
@@ -165,6 +173,13 @@ impl Config {
         {
             return Err(format!("--redis-ca {}: {e}", path.display()));
         }
+        if config.admin_token_file.is_some() && config.private_address.is_none() {
+            return Err(
+                "--admin-token-file needs --private-address: the admin API is served on the \
+                 private listener only"
+                    .into(),
+            );
+        }
         if config.pong_timeout_ms <= config.ping_interval_ms {
             return Err(format!(
                 "--pong-timeout ({} s) must be more than --ping-interval ({} s)",
@@ -240,21 +255,47 @@ fn in_range<T: TryFrom<usize>>(
     }
 }
 
-/// Seconds, fractions allowed, from `min` to `max` (`range` says them as
-/// text: formatting floats would cost the binary several KiB), kept as
-/// milliseconds.
-fn seconds(text: &str, min: f64, max: f64, range: &str) -> Result<u64, String> {
-    match text.parse::<f64>() {
-        Ok(secs) if (min..=max).contains(&secs) => Ok((secs * 1000.0).round() as u64),
+/// Seconds, fractions allowed, from `min_ms` to `max_ms` (`range` says
+/// them as text), kept as milliseconds.
+fn seconds(text: &str, min_ms: u64, max_ms: u64, range: &str) -> Result<u64, String> {
+    match parse_ms(text) {
+        Some((ms, _)) if (min_ms..=max_ms).contains(&ms) => Ok(ms),
         _ => Err(format!("must be a number of seconds from {range}")),
     }
 }
 
+/// Seconds written in decimal (`30`, `0.5`, `.25`, `+2`) as milliseconds,
+/// rounded to the nearest (a half up), and whether they are more than zero;
+/// `None` for anything else (a sign, an exponent, `inf`, words). Exact
+/// decimal arithmetic: parsing a float would bring its tables into the
+/// binary (about 14 KB) for this alone.
+fn parse_ms(text: &str) -> Option<(u64, bool)> {
+    let text = text.strip_prefix('+').unwrap_or(text);
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = whole.bytes().chain(fraction.bytes());
+    if (whole.is_empty() && fraction.is_empty()) || !digits.clone().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole_ms = match whole {
+        "" => 0,
+        digits => digits.parse::<u64>().ok()?.checked_mul(1000)?,
+    };
+    let place = |i: usize| {
+        fraction
+            .as_bytes()
+            .get(i)
+            .map_or(0, |d| u64::from(d - b'0'))
+    };
+    let fraction_ms = place(0) * 100 + place(1) * 10 + place(2) + u64::from(place(3) >= 5);
+    let above_zero = digits.clone().any(|b| b != b'0');
+    Some((whole_ms.checked_add(fraction_ms)?, above_zero))
+}
+
 /// `--duration`: 0 (no end), or 0.001 to 10^9 seconds.
 fn duration(text: &str) -> Result<u64, String> {
-    match seconds(text, 0.0, 1e9, "0 to 1000000000")? {
+    match seconds(text, 0, 1_000_000_000_000, "0 to 1000000000")? {
         // A time too short to count must not turn into "no end".
-        0 if text.parse::<f64>().is_ok_and(|secs| secs > 0.0) => {
+        0 if parse_ms(text).is_some_and(|(_, above_zero)| above_zero) => {
             Err("must be 0 (no end) or from 0.001 to 1000000000 seconds".into())
         }
         ms => Ok(ms),
@@ -263,7 +304,7 @@ fn duration(text: &str) -> Result<u64, String> {
 
 /// Keepalive and handshake times: 10 ms to a day.
 fn timeout(text: &str) -> Result<u64, String> {
-    seconds(text, 0.01, 86_400.0, "0.01 to 86400")
+    seconds(text, 10, 86_400_000, "0.01 to 86400")
 }
 
 #[cfg(test)]
@@ -315,6 +356,31 @@ mod tests {
         assert!(Config::try_parse_from(["x", "--ping-interval", "0"]).is_err());
         assert!(Config::try_parse_from(["x", "--duration", "-1"]).is_err());
         assert!(Config::try_parse_from(["x", "--duration", "soon"]).is_err());
+        for (text, ms) in [
+            ("30", Some((30_000, true))),
+            ("0.5", Some((500, true))),
+            (".25", Some((250, true))),
+            ("+2.", Some((2_000, true))),
+            ("0.0004", Some((0, true))),
+            ("0.0005", Some((1, true))),
+            ("1.2345", Some((1_235, true))),
+            ("0.000", Some((0, false))),
+        ] {
+            assert_eq!(parse_ms(text), ms, "{text}");
+        }
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "1e3",
+            "inf",
+            "NaN",
+            "1.2.3",
+            "99999999999999999999",
+            " 1",
+        ] {
+            assert_eq!(parse_ms(bad), None, "{bad}");
+        }
     }
 
     #[test]

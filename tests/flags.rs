@@ -83,7 +83,7 @@ fn an_address_that_cannot_be_bound_is_named() {
     let cases: [(&[&str], String); 2] = [
         (
             &["--port", "0", "--metrics-address", &busy],
-            format!("cannot start on {busy} (--metrics-address): "),
+            format!("cannot start on {busy} (--private-address): "),
         ),
         (
             &["--port", &port],

@@ -1176,3 +1176,109 @@ fn a_recovery_from_the_ring_equals_the_one_from_the_stream_until_the_subscriptio
     assert_eq!(after_cut, from_stream);
     assert_eq!(joined_after, joined_stream);
 }
+
+/// An authorized admin call on `server`'s private listener; its JSON answer.
+fn admin(server: &ServerProcess, method: &str, path: &str, body: Value) -> Value {
+    // GET: no body.
+    let body = match body {
+        Value::Null => String::new(),
+        body => body.to_string(),
+    };
+    let request = format!(
+        "{method} /admin/{path} HTTP/1.1\r\nAuthorization: Bearer redis-test-token-0123456789\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let private = server.metrics.expect("a private listener");
+    let (status, _, answer) =
+        common::split_response(&common::http_raw(private, request.as_bytes()));
+    assert_eq!(status, 200, "{method} {path}: {answer}");
+    serde_json::from_str(&answer).expect("JSON")
+}
+
+/// Reads until the close frame: its code and reason.
+fn close_of(client: &mut Client) -> (u16, String) {
+    loop {
+        match client.ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => {
+                return (u16::from(f.code), f.reason.to_string());
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    }
+}
+
+#[test]
+fn kicks_bans_mutes_and_notices_reach_every_instance_and_a_ban_one_started_later() {
+    let redis = Redis::start(None);
+    wait_listening(redis.port);
+    let token = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("redis-admin-token-{}", std::process::id()));
+    std::fs::write(&token, "redis-test-token-0123456789\n").unwrap();
+    let flags = [
+        "--private-address",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ];
+    let servers = linked(&redis.url(), 2, &flags);
+    let (a, b) = (&servers[0], &servers[1]);
+    let mut bob = Client::joined(b, "bob");
+    let mut carol = Client::joined(b, "carol");
+    // A notice asked of A reaches B's members.
+    let sent = admin(a, "POST", "announce", json!({"text": "hello from A"}));
+    assert_eq!(sent["cluster"], "sent to every instance", "{sent}");
+    assert_eq!(
+        carol.recv(),
+        json!({"type": "notice", "room": "public", "text": "hello from A"})
+    );
+    assert_eq!(bob.recv()["type"], "notice");
+    // A kick asked of A closes bob on B.
+    let kicked = admin(a, "POST", "kick", json!({"user": "bob", "reason": "rude"}));
+    assert_eq!(kicked["kicked"], 0, "{kicked}");
+    assert_eq!(
+        close_of(&mut bob),
+        (4001, "kicked by the operator: rude".into())
+    );
+    // A mute asked of B holds on A: dave's chats from A reach nobody on B.
+    let from_cluster = a.stats()["admin_from_cluster"].as_u64().unwrap();
+    admin(b, "POST", "mute", json!({"user": "dave", "seconds": 60}));
+    a.wait_counter("admin_from_cluster", from_cluster + 1);
+    let mut dave = Client::joined(a, "dave");
+    dave.send(chat("muted"));
+    dave.sync();
+    let mut erin = Client::joined(a, "erin");
+    erin.send(chat("heard"));
+    expect_chat(&mut carol, "erin", "heard");
+    assert_eq!(a.stats()["muted_dropped"], 1);
+    // A ban asked of A closes carol on B and B refuses her address.
+    admin(
+        a,
+        "POST",
+        "ban",
+        json!({"address": "127.0.0.0/8", "seconds": 60, "reason": "spam"}),
+    );
+    assert_eq!(
+        close_of(&mut carol),
+        (4003, "banned by the operator: spam".into())
+    );
+    assert_eq!(http_get(b.addr, "/").0, 403);
+    // An instance started after the ban refuses it too (Redis keeps it).
+    let later = linked(&redis.url(), 1, &flags);
+    let c = &later[0];
+    assert_eq!(http_get(c.addr, "/").0, 403);
+    let bans = admin(c, "GET", "bans", Value::Null);
+    assert_eq!(bans["bans"][0]["address"], "127.0.0.0/8", "{bans}");
+    assert_eq!(bans["bans"][0]["reason"], "spam");
+    // Lifted on C: every instance lets the address in again.
+    admin(c, "DELETE", "ban", json!({"address": "127.0.0.0/8"}));
+    for server in [a, b, c] {
+        let deadline = Instant::now() + PATIENCE;
+        while http_get(server.addr, "/").0 != 200 {
+            assert!(Instant::now() < deadline, "the lifted ban still holds");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(&token);
+}

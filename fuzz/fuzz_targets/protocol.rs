@@ -1,17 +1,21 @@
 //! Arbitrary text as a chat message: never a panic; whatever the server sends
 //! back is one well-formed text frame of JSON, and a relayed chat always
 //! carries the sender's joined name. The same text from a plain-text client
-//! (a chat or a /nick), and the same bytes as a PROXY protocol header.
+//! (a chat or a /nick), the same bytes as a PROXY protocol header, and as
+//! the body of each admin command (what instances also read from Redis):
+//! never a panic, and a body taken comes back the same from its own JSON.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use websocket_public_chat::chat::protocol;
 use websocket_public_chat::chat::session::{ChatState, Member, Outcome};
+use websocket_public_chat::http::admin::{self, Endpoint};
 use websocket_public_chat::http::proxy;
 use websocket_public_chat::websocket::frame::{self, OpCode, Role};
 
 const NAME: &str = "fuzz \"er\" ✓";
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn json_payload(frame_bytes: &[u8]) -> serde_json::Value {
     let (header, len) = frame::parse_header(frame_bytes, Role::Client)
@@ -27,11 +31,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let mut member = ChatState::new(0);
+    let mut member = ChatState::new(0, LOOPBACK);
     member.member = Some(Member {
         user: protocol::name_literal(NAME),
         index: 0,
         catching_up: false,
+        muted: false,
+        joined_at: 0,
         watching: None,
     });
     match member.on_text(text, 0, 1) {
@@ -46,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         _ => {}
     }
     // A connection that has not joined never relays; a join gets a valid name.
-    match ChatState::new(0).on_text(text, 0, 1) {
+    match ChatState::new(0, LOOPBACK).on_text(text, 0, 1) {
         Outcome::Relay(_) => panic!("relayed before join"),
         Outcome::Join { user, .. } => {
             let name: String = serde_json::from_str(&user).expect("name literal is a JSON string");
@@ -56,11 +62,13 @@ fuzz_target!(|data: &[u8]| {
     }
     // A plain-text client: its message is a chat (JSON out, its text as
     // sent) or a name; never a join, a reply or anything else.
-    let mut plain = ChatState::plain(0, 4096);
+    let mut plain = ChatState::plain(0, LOOPBACK, 4096);
     plain.member = Some(Member {
         user: protocol::name_literal(NAME),
         index: 0,
         catching_up: false,
+        muted: false,
+        joined_at: 0,
         watching: None,
     });
     match plain.on_text(text, 0, 1) {
@@ -94,5 +102,17 @@ fuzz_target!(|data: &[u8]| {
         let mut more = data.to_vec();
         more.extend_from_slice(b"GET / HTTP/1.1\r\n");
         assert!(matches!(proxy::proxy_header(&more), proxy::ProxyHeader::Present { len: l, .. } if l == len));
+    }
+    for endpoint in [
+        Endpoint::Kick,
+        Endpoint::Ban,
+        Endpoint::Unban,
+        Endpoint::Mute,
+        Endpoint::Unmute,
+        Endpoint::Announce,
+    ] {
+        if let Ok(command) = admin::command(endpoint, data) {
+            assert_eq!(admin::command(endpoint, command.body().as_bytes()), Ok(command));
+        }
     }
 });

@@ -554,6 +554,10 @@ impl Shared {
                 Incoming::Ping => {
                     let _ = self.send(OpCode::Text, br#"{"type":"pong"}"#);
                 }
+                Incoming::Notice(text) => {
+                    let hms = sys::local_hms((unix_ms() / 1000) as i64);
+                    print_line(&client::notice_line(hms, &text));
+                }
                 Incoming::Presence(_) | Incoming::Other => {}
             },
             Event::Ping(payload) => {

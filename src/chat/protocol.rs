@@ -207,7 +207,9 @@ impl<'de> Deserialize<'de> for StrictAny {
 /// 1 to 64 characters; none invisible (controls, format characters such as
 /// bidi overrides and zero-width spaces, line or paragraph separators, other
 /// default-ignorables such as Hangul fillers; see `unicode`); no blank at
-/// either end, so not only blanks either.
+/// either end, so not only blanks either; not beginning with `*`, which
+/// marks the server's own lines to plain-text clients (`* notice: …`), so
+/// no chat line can pass for one.
 pub fn valid_name(name: &str) -> bool {
     let mut count = 0;
     for c in name.chars() {
@@ -218,6 +220,7 @@ pub fn valid_name(name: &str) -> bool {
     }
     (1..=MAX_NAME_CHARS).contains(&count)
         && !name.starts_with(unicode::is_blank)
+        && !name.starts_with('*')
         && !name.ends_with(unicode::is_blank)
 }
 
@@ -242,7 +245,7 @@ struct Relayed<'a> {
 /// the same serializer; `None` for anything else. Whoever can publish to the
 /// channel gets no further than a client.
 pub fn relayed_chat_frame(json: &[u8], max_message: usize, id: u64) -> Option<Vec<u8>> {
-    let chat: Relayed<'_> = serde_json::from_slice(json).ok()?;
+    let chat: Relayed<'_> = from_bytes(json)?;
     // The smallest message a local client could carry these fields in:
     // `{"type":"chat","text":T}`, or `{"type":"chat","text":T,"ts":S}`.
     let size = r#"{"type":"chat","text":}"#.len()
@@ -265,12 +268,19 @@ pub fn text_literal(text: &str) -> Box<RawValue> {
     RawValue::from_string(literal).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
+/// JSON in `bytes`, read as text: serde_json's reader of `str`s is the one
+/// the server uses everywhere, so its reader of bytes (as large again) stays
+/// out of the binary.
+pub fn from_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+    serde_json::from_str(std::str::from_utf8(bytes).ok()?).ok()
+}
+
 /// `name: text`, what a plain-text client receives for a chat (the relayed
 /// JSON frame's payload, read once per chat), on one line; None if it is
 /// not a chat.
 pub fn plain_line(chat_payload: &[u8]) -> Option<Vec<u8>> {
     // The relayed chat's own reader, then its text as a string.
-    let chat: Relayed<'_> = serde_json::from_slice(chat_payload).ok()?;
+    let chat: Relayed<'_> = from_bytes(chat_payload)?;
     let text: Cow<'_, str> = serde_json::from_str(chat.text.get()).ok()?;
     // One line, nothing that drives a terminal: control and format
     // characters (line breaks, escapes, bidi overrides) shown as U+FFFD, as
@@ -304,6 +314,28 @@ pub fn presence_frame(online: usize) -> Vec<u8> {
             b"}",
         ],
     )
+}
+
+/// An operator's notice (`POST /admin/announce`), a type no client can
+/// send: `{"type":"notice","room":"public","text":…}`. Built once and
+/// shared by every member, like a chat.
+pub fn notice_frame(text: &str) -> Vec<u8> {
+    let literal = serde_json::to_string(text).unwrap_or_default();
+    frame::server_frame(
+        OpCode::Text,
+        &[
+            b"{\"type\":\"notice\",\"room\":\"public\",\"text\":",
+            literal.as_bytes(),
+            b"}",
+        ],
+    )
+}
+
+/// The notice as plain-text clients get it: `* notice: TEXT` (a name
+/// cannot begin with `*`, so no chat line looks like it).
+pub fn notice_line(text: &str) -> Vec<u8> {
+    let text = unicode::shown(text);
+    frame::server_frame(OpCode::Text, &[b"* notice: ", text.as_bytes()])
 }
 
 /// The relayed chat frame:

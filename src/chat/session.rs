@@ -4,6 +4,8 @@
 //! the event loop carries them out (room membership, fan-out, closing).
 
 use crate::chat::protocol::{self, Catchup, Ignored, Request};
+use std::net::IpAddr;
+
 use crate::chat::rate_limit::TokenBucket;
 
 /// A joined connection's identity in the room.
@@ -11,14 +13,19 @@ use crate::chat::rate_limit::TokenBucket;
 pub struct Member {
     /// The joined name as a JSON string literal, stamped on every chat it sends.
     pub user: Box<str>,
-    /// Its position in `Room::members` (unless `catching_up`).
-    pub index: usize,
+    /// Its position in `Room::members` (unless `catching_up`). (Indices and
+    /// counts are `u32`, so that `joined_at` and `muted` cost no memory.)
+    pub index: u32,
     /// Being sent the chats its join asked for (`engine::catch_up`): not in
     /// the room until `joined` goes out.
     pub catching_up: bool,
+    /// An operator muted its name: its chats are dropped (`POST /admin/mute`).
+    pub muted: bool,
+    /// When it joined: seconds since the engine started.
+    pub joined_at: u32,
     /// If it asked for the online count: its position in the list of those
     /// who did, and the count it was last sent.
-    pub watching: Option<(usize, usize)>,
+    pub watching: Option<(u32, u32)>,
 }
 
 /// Chat state of one open connection.
@@ -26,6 +33,8 @@ pub struct Member {
 pub struct ChatState {
     /// `Some` once the connection has joined.
     pub member: Option<Member>,
+    /// The client's address (as `--trusted-proxy` resolves it), for bans and `/admin/members`.
+    pub peer: IpAddr,
     bucket: TokenBucket,
     /// A plain-text client (upgraded on `/`): each text message is a chat.
     plain: Option<Plain>,
@@ -37,7 +46,7 @@ struct Plain {
     /// It has sent a message: `/nick` counts only as the first.
     spoke: bool,
     /// `--max-message-size`: the chat's JSON form must fit it, as a JSON client's would.
-    max_message: usize,
+    max_message: u32,
 }
 
 /// What the event loop must do about one text message.
@@ -52,6 +61,9 @@ pub enum Outcome {
     },
     /// Relay this frame (it carries the id it was given) to every other joined connection.
     Relay(Vec<u8>),
+    /// A chat from a member an operator muted: dropped while the mute lasts
+    /// (the engine checks it has not ended; then it is relayed after all).
+    Muted(Vec<u8>),
     /// Send this frame back to the sender.
     Reply(Vec<u8>),
     /// Leave the room and close with 1000.
@@ -67,24 +79,25 @@ pub enum Outcome {
 }
 
 impl ChatState {
-    /// A connection that has not joined, with a full token bucket at `now` (ms).
-    pub fn new(now: u64) -> Self {
+    /// A connection from `peer` that has not joined, with a full token bucket at `now` (ms).
+    pub fn new(now: u64, peer: IpAddr) -> Self {
         Self {
             member: None,
+            peer,
             bucket: TokenBucket::full(now),
             plain: None,
         }
     }
 
     /// A plain-text connection (joined by the engine at once, as `guest-N`).
-    pub fn plain(now: u64, max_message: usize) -> Self {
+    pub fn plain(now: u64, peer: IpAddr, max_message: usize) -> Self {
         let plain = Plain {
             spoke: false,
-            max_message,
+            max_message: max_message.try_into().unwrap_or(u32::MAX),
         };
         Self {
             plain: Some(plain),
-            ..Self::new(now)
+            ..Self::new(now, peer)
         }
     }
 
@@ -105,13 +118,18 @@ impl ChatState {
             };
         }
         let literal = protocol::text_literal(line);
-        let too_big = r#"{"type":"chat","text":}"#.len() + literal.get().len() > plain.max_message;
+        let too_big =
+            r#"{"type":"chat","text":}"#.len() + literal.get().len() > plain.max_message as usize;
         match &self.member {
             None => Outcome::Ignored(Ignored::NotJoined),
             Some(_) if too_big => Outcome::Ignored(Ignored::Malformed),
             Some(_) if !self.bucket.try_take(now) => Outcome::RateLimited,
             Some(member) => {
-                Outcome::Relay(protocol::chat_frame(next_id, &member.user, &literal, None))
+                let frame = protocol::chat_frame(next_id, &member.user, &literal, None);
+                match member.muted {
+                    true => Outcome::Muted(frame),
+                    false => Outcome::Relay(frame),
+                }
             }
         }
     }
@@ -143,7 +161,11 @@ impl ChatState {
                 None => Outcome::Ignored(Ignored::NotJoined),
                 Some(_) if !self.bucket.try_take(now) => Outcome::RateLimited,
                 Some(member) => {
-                    Outcome::Relay(protocol::chat_frame(next_id, &member.user, text, ts))
+                    let frame = protocol::chat_frame(next_id, &member.user, text, ts);
+                    match member.muted {
+                        true => Outcome::Muted(frame),
+                        false => Outcome::Relay(frame),
+                    }
                 }
             },
             Request::Ping { ts } => Outcome::Reply(protocol::pong_frame(ts)),
@@ -157,8 +179,10 @@ impl ChatState {
 mod tests {
     use super::*;
 
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn joined(now: u64) -> ChatState {
-        let mut chat = ChatState::new(now);
+        let mut chat = ChatState::new(now, LOOPBACK);
         let Outcome::Join { user, presence, .. } = chat.on_text(
             r#"{"type":"join","room":"public","user":"alice","presence":true}"#,
             now,
@@ -171,6 +195,8 @@ mod tests {
             user,
             index: 0,
             catching_up: false,
+            muted: false,
+            joined_at: 0,
             watching: None,
         });
         chat
@@ -178,7 +204,7 @@ mod tests {
 
     #[test]
     fn chat_before_join_is_ignored_and_a_second_join_too() {
-        let mut chat = ChatState::new(0);
+        let mut chat = ChatState::new(0, LOOPBACK);
         assert!(matches!(
             chat.on_text(r#"{"type":"chat","text":"hi"}"#, 0, 7),
             Outcome::Ignored(Ignored::NotJoined)
@@ -231,7 +257,7 @@ mod tests {
 
     #[test]
     fn plain_text_is_a_chat_and_a_first_nick_a_name() {
-        let mut chat = ChatState::plain(0, 100);
+        let mut chat = ChatState::plain(0, LOOPBACK, 100);
         let Outcome::Rename(name) = chat.on_text("/nick ana\n", 0, 7) else {
             panic!("no rename");
         };
@@ -240,6 +266,8 @@ mod tests {
             user: name,
             index: 0,
             catching_up: false,
+            muted: false,
+            joined_at: 0,
             watching: None,
         });
         // Only the first message names: later, `/nick` is said in the room.
@@ -259,7 +287,7 @@ mod tests {
             chat.on_text(&"\u{1}".repeat(20), 0, 9),
             Outcome::Ignored(Ignored::Malformed)
         ));
-        let mut chat = ChatState::plain(0, 100);
+        let mut chat = ChatState::plain(0, LOOPBACK, 100);
         assert!(matches!(
             chat.on_text("/nick \u{202e}nimda", 0, 7),
             Outcome::Ignored(Ignored::InvalidName)
@@ -268,7 +296,7 @@ mod tests {
 
     #[test]
     fn ping_pong_leave() {
-        let mut chat = ChatState::new(0);
+        let mut chat = ChatState::new(0, LOOPBACK);
         assert!(matches!(
             chat.on_text(r#"{"type":"ping","ts":9}"#, 0, 7),
             Outcome::Reply(_)

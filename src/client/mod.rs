@@ -99,7 +99,17 @@ pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, Refusal> {
     };
     let code = res.code.unwrap_or(0);
     if code != 101 {
-        return Err(Refusal::Status(code, res.reason.unwrap_or("").to_string()));
+        // The body's last line, when it says more than the status (why a ban refuses us, say).
+        let phrase = res.reason.unwrap_or("");
+        let said = std::str::from_utf8(&buf[head_len..])
+            .ok()
+            .and_then(|body| body.lines().rfind(|l| !l.trim().is_empty()))
+            .filter(|l| l.trim() != format!("{code} {phrase}") && l.len() <= 200);
+        let phrase = match said {
+            Some(said) => format!("{phrase}: {}", said.trim()),
+            None => phrase.to_string(),
+        };
+        return Err(Refusal::Status(code, phrase));
     }
     let header = |name: &str| {
         res.headers
@@ -140,6 +150,8 @@ pub enum Incoming {
     Ping,
     /// How many people are in the room.
     Presence(u64),
+    /// A notice from the server's operator (no client can send one).
+    Notice(String),
     /// Anything else (pongs, unknown types, malformed JSON).
     Other,
 }
@@ -177,6 +189,7 @@ pub fn classify(text: &str) -> Incoming {
         },
         ("ping", ..) => Incoming::Ping,
         ("presence", _, _, Some(online)) => Incoming::Presence(online),
+        ("notice", _, Some(text), _) => Incoming::Notice(text),
         _ => Incoming::Other,
     }
 }
@@ -194,6 +207,16 @@ pub fn shown_time(live: bool, sent_ms: Option<u64>, now: u64, last: &mut u64) ->
     }?;
     *last = (*last).max(at);
     Some(at)
+}
+
+/// `[HH:MM:SS] * notice: text`: an operator's notice, set apart from chats
+/// (a name cannot begin with `*`), shown safely.
+pub fn notice_line(hms: (u8, u8, u8), text: &str) -> String {
+    let (h, m, s) = hms;
+    terminal(&format!(
+        "[{h:02}:{m:02}:{s:02}] * notice: {}",
+        text.trim_end()
+    ))
 }
 
 /// `[HH:MM:SS] name: text` for a terminal (`[--:--:--]` without a time),
@@ -329,6 +352,14 @@ mod tests {
             check_response(&refused, key),
             Err(Refusal::Status(404, "Not Found".into()))
         );
+        let banned = crate::http::response::banned(9, "spam");
+        assert_eq!(
+            check_response(&banned, key),
+            Err(Refusal::Status(
+                403,
+                "Forbidden: This address is banned from the chat for 9 more seconds: spam".into()
+            ))
+        );
         assert!(check_response(b"SSH-2.0-OpenSSH\r\n\r\n", key).is_err());
         // The answer printed in RFC 6455 §1.3, not one of ours.
         let rfc = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
@@ -402,6 +433,10 @@ mod tests {
             "[01:02:03] alice\u{FFFD}: a\u{FE0F}"
         );
         assert_eq!(classify(r#"{"type":"ping"}"#), Incoming::Ping);
+        assert_eq!(
+            classify(r#"{"type":"notice","room":"public","text":"hi"}"#),
+            Incoming::Notice("hi".into())
+        );
         assert_eq!(
             classify(r#"{"type":"presence","online":3}"#),
             Incoming::Presence(3)

@@ -183,7 +183,7 @@ impl Engine {
         self.queue(key, joined.into());
         let index = self.room.join(key);
         if let Some(member) = self.member_mut(key) {
-            member.index = index;
+            member.index = index as u32;
             member.catching_up = false;
         }
     }

@@ -17,7 +17,17 @@ pub enum CloseCause {
     KeepaliveTimeout,
     /// The client broke RFC 6455 (RFC 6455 §7.1.7: fail the connection).
     Protocol(ProtocolError),
+    /// An operator kicked its name (`POST /admin/kick`).
+    Kicked,
+    /// An operator banned its address (`POST /admin/ban`).
+    Banned,
 }
+
+/// Close code of a kick: the application range (4000-4999), which clients
+/// take as final (no reconnecting).
+pub const KICKED: u16 = 4001;
+/// Close code of a ban (the WebSocket form of a 403).
+pub const BANNED: u16 = 4003;
 
 /// What a connection does once its close frame is queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +48,8 @@ impl CloseCause {
             Self::SlowConsumer => close::POLICY_VIOLATION,
             Self::Shutdown | Self::KeepaliveTimeout => close::GOING_AWAY,
             Self::Protocol(error) => error.close_code(),
+            Self::Kicked => KICKED,
+            Self::Banned => BANNED,
         }
     }
 
@@ -49,13 +61,17 @@ impl CloseCause {
             Self::Shutdown => "server shutting down",
             Self::KeepaliveTimeout => "keepalive timeout",
             Self::Protocol(error) => error.reason(),
+            Self::Kicked => "kicked by the operator",
+            Self::Banned => "banned by the operator",
         }
     }
 
     /// What happens after the close frame.
     pub fn after(self) -> After {
         match self {
-            Self::Leave | Self::SlowConsumer | Self::Shutdown => After::AwaitPeerClose,
+            Self::Leave | Self::SlowConsumer | Self::Shutdown | Self::Kicked | Self::Banned => {
+                After::AwaitPeerClose
+            }
             Self::KeepaliveTimeout => After::Abandon,
             Self::Protocol(_) => After::Drain,
         }
@@ -68,6 +84,8 @@ impl CloseCause {
             Self::SlowConsumer => &mut stats.slow_consumer_closes,
             Self::Shutdown => &mut stats.closed_by_shutdown,
             Self::KeepaliveTimeout => &mut stats.keepalive_timeouts,
+            Self::Kicked => &mut stats.closed_by_kick,
+            Self::Banned => &mut stats.closed_by_ban,
             Self::Protocol(error) => match error.close_code() {
                 close::INVALID_PAYLOAD => &mut stats.closed_invalid_utf8,
                 close::MESSAGE_TOO_BIG => &mut stats.closed_message_too_big,
@@ -91,6 +109,8 @@ mod tests {
             (CloseCause::Protocol(ProtocolError::Unmasked), 1002),
             (CloseCause::Protocol(ProtocolError::InvalidUtf8), 1007),
             (CloseCause::Protocol(ProtocolError::MessageTooBig), 1009),
+            (CloseCause::Kicked, 4001),
+            (CloseCause::Banned, 4003),
         ];
         let mut stats = Counters::default();
         for (cause, code) in causes {
@@ -105,9 +125,11 @@ mod tests {
                 stats.keepalive_timeouts,
                 stats.closed_protocol_error,
                 stats.closed_invalid_utf8,
-                stats.closed_message_too_big
+                stats.closed_message_too_big,
+                stats.closed_by_kick,
+                stats.closed_by_ban
             ),
-            (1, 1, 1, 1, 1, 1, 1)
+            (1, 1, 1, 1, 1, 1, 1, 1, 1)
         );
     }
 }

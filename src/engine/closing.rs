@@ -24,6 +24,12 @@ impl Engine {
     /// Starts a close from our side: the close frame with the cause's code,
     /// counted under the cause, then what the cause says comes next.
     pub(super) fn close(&mut self, key: usize, cause: CloseCause, now: u64) {
+        self.close_saying(key, cause, cause.reason(), now);
+    }
+
+    /// `close`, with `reason` in the close frame instead of the cause's own
+    /// (an operator's, for a kick or a ban: at most 123 bytes).
+    pub(super) fn close_saying(&mut self, key: usize, cause: CloseCause, reason: &str, now: u64) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -32,10 +38,7 @@ impl Engine {
         let open = matches!(conn.phase, Phase::Open { .. });
         if open {
             *cause.counter(&mut self.stats) += 1;
-            self.queue(
-                key,
-                frame::server_close(cause.code(), cause.reason()).into(),
-            );
+            self.queue(key, frame::server_close(cause.code(), reason).into());
         }
         match cause.after() {
             After::AwaitPeerClose if open => {
@@ -97,7 +100,7 @@ impl Engine {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             match self.conns.get(key).map(|c| &c.phase) {
-                Some(Phase::Handshaking { .. }) => self.drop_conn(key),
+                Some(Phase::Handshaking { .. } | Phase::AdminBody { .. }) => self.drop_conn(key),
                 Some(Phase::Open { .. }) => self.close(key, CloseCause::Shutdown, now),
                 _ => {}
             }

@@ -12,8 +12,9 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use super::{Action, Engine};
+use super::{Action, Engine, Kept};
 use crate::chat::protocol;
+use crate::http::admin::Command;
 
 /// Unpublished chats remembered in case Redis took them after all.
 const MAYBE_PUBLISHED: usize = 64;
@@ -21,12 +22,12 @@ const MAYBE_PUBLISHED: usize = 64;
 /// The engine's view of the backplane.
 #[derive(Debug)]
 pub struct Cluster {
-    instance: u64,
+    pub(super) instance: u64,
     /// Redis's epoch, while the subscription is up.
     redis: Option<Box<str>>,
     /// The id of the newest chat that came from Redis.
     redis_last: u64,
-    publisher_up: bool,
+    pub(super) publisher_up: bool,
     /// Redis orders the room: both connections are up.
     pub ordered: bool,
     /// This instance's own epoch; each outage after the first gets another.
@@ -157,6 +158,11 @@ pub enum FromCluster {
         json: Vec<u8>,
         maybe_published: bool,
     },
+    /// An admin command an instance carried out (this one's own come back
+    /// too, and are skipped), read from Redis and validated like a request.
+    Moderation { instance: u64, command: Command },
+    /// The bans and mutes Redis keeps, read when the subscription starts.
+    Kept(Vec<Kept>),
     /// The answer to `Action::ReadHistory`; `None` if the read failed.
     History {
         key: usize,
@@ -215,6 +221,10 @@ impl Engine {
                 self.reorder(false);
             }
             FromCluster::Chat { id, origin, json } => self.remote_chat(id, origin, &json, now),
+            FromCluster::Moderation { instance, command } => {
+                self.moderate_from_cluster(instance, &command, now);
+            }
+            FromCluster::Kept(kept) => self.restrictions_from_cluster(kept, now),
             FromCluster::Position { last } => {
                 cluster.redis_last = cluster.redis_last.max(last);
                 if cluster.ordered {

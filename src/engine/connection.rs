@@ -4,9 +4,12 @@
 //! Kept small, because an idle joined connection is this struct, its name
 //! and one timer entry: buffers are allocated only while bytes wait in them.
 
+use std::net::IpAddr;
+
 use crate::chat::session::ChatState;
 use crate::engine::outbox::Outbox;
 use crate::http::HeadReader;
+use crate::http::admin::Endpoint;
 use crate::websocket::message::MessageReader;
 
 /// The phases of a connection, in order. Each but the last two has a timer deadline.
@@ -14,8 +17,21 @@ use crate::websocket::message::MessageReader;
 pub enum Phase {
     /// Reading the HTTP request head (deadline: `--handshake-timeout`).
     /// `via_proxy`: the peer is a trusted proxy and the client's address is
-    /// not known yet (a PROXY header or `X-Forwarded-For` will tell).
-    Handshaking { head: HeadReader, via_proxy: bool },
+    /// not known yet (a PROXY header or `X-Forwarded-For` will tell);
+    /// `peer`: the client's address as far as it is known.
+    Handshaking {
+        head: HeadReader,
+        via_proxy: bool,
+        peer: IpAddr,
+    },
+    /// An admin request's body is arriving (deadline: `--handshake-timeout`
+    /// still): `length` bytes in all, from the private peer `peer`.
+    AdminBody {
+        endpoint: Endpoint,
+        body: Vec<u8>,
+        length: usize,
+        peer: IpAddr,
+    },
     /// Upgraded: frames both ways (deadline: the next keepalive check).
     Open {
         reader: MessageReader,
@@ -45,7 +61,7 @@ pub struct Connection {
     pub read_paused: bool,
     /// A plain-text client: it is sent chats as `name: text` lines.
     pub plain: bool,
-    /// Came in on `--metrics-address`: only `/metrics`, `/stats` and `/health`.
+    /// Came in on `--private-address`: only `/metrics`, `/stats`, `/health` and `/admin/...`.
     pub private: bool,
     pub phase: Phase,
     pub outbox: Outbox,
@@ -56,8 +72,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection just accepted at `now` (ms), waiting for its request head.
-    pub fn new(id: u32, now: u64) -> Self {
+    /// A connection from `peer` just accepted at `now` (ms), waiting for its request head.
+    pub fn new(id: u32, peer: IpAddr, now: u64) -> Self {
         Self {
             id,
             dirty: false,
@@ -67,6 +83,7 @@ impl Connection {
             phase: Phase::Handshaking {
                 head: HeadReader::default(),
                 via_proxy: false,
+                peer,
             },
             outbox: Outbox::default(),
             last_heard: now,

@@ -13,6 +13,7 @@ impl Engine {
         };
         let buffered = match &conn.phase {
             Phase::Handshaking { head, .. } => head.capacity(),
+            Phase::AdminBody { body, .. } => body.capacity(),
             Phase::Open { reader, .. } | Phase::Closing { reader } => reader.buffered(),
             _ => 0,
         };
@@ -49,7 +50,7 @@ impl Engine {
             let member = self
                 .member(key)
                 .ok_or(format!("room lists {key}, not a member"))?;
-            if member.index != index {
+            if member.index as usize != index {
                 return Err(format!(
                     "{key} is at {index} in the room, thinks {}",
                     member.index
@@ -58,7 +59,7 @@ impl Engine {
         }
         for (index, &key) in self.watchers.members().iter().enumerate() {
             let watching = self.member(key).and_then(|m| m.watching);
-            if watching.map(|(i, _)| i) != Some(index) {
+            if watching.map(|(i, _)| i as usize) != Some(index) {
                 return Err(format!("{key} is watcher {index}, thinks {watching:?}"));
             }
         }
@@ -78,7 +79,7 @@ impl Engine {
                     continue;
                 }
                 members += 1;
-                if self.room.members().get(member.index) != Some(&key) {
+                if self.room.members().get(member.index as usize) != Some(&key) {
                     return Err(format!("member {key} is not at its index in the room"));
                 }
             }

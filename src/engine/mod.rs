@@ -26,6 +26,7 @@
 //! checks the tests and the simulation make). The other files are the
 //! parts it is made of (a connection, its queue, the ring, the wheel, ...).
 
+mod admin;
 pub mod catch_up;
 pub mod close_cause;
 mod closing;
@@ -34,6 +35,7 @@ pub mod connection;
 pub mod history;
 mod invariants;
 pub mod ip_limit;
+pub mod moderation;
 pub mod outbox;
 mod relay;
 mod requests;
@@ -53,16 +55,19 @@ use slab::Slab;
 use crate::chat::protocol::{self, Catchup, Ignored};
 use crate::chat::session::{ChatState, Member, Outcome};
 use crate::config::Config;
+use crate::http::admin::{Command, Fingerprint};
 use crate::http::proxy::{self, Cidr, ProxyHeader};
 use crate::http::{Head, MAX_HEAD, Origins, Reject, Route, response};
 use crate::websocket::frame::{self, OpCode, Role};
 use crate::websocket::message::{Event, Limits, MessageReader};
+pub use admin::Kept;
 use catch_up::CatchUp;
 use close_cause::{After, CloseCause};
 use cluster::{Cluster, Origin, Read};
 use connection::{Connection, Phase};
 use history::History;
 use ip_limit::IpLimit;
+use moderation::Moderation;
 use outbox::FRAME_COST;
 use room::Room;
 use snapshot::Snapshot;
@@ -131,6 +136,10 @@ pub enum Action {
     /// Read this join's history from the Redis stream; answer with
     /// `FromCluster::History` for this key and connection id.
     ReadHistory { key: usize, conn: u32, read: Read },
+    /// Send this admin command to the other instances through Redis.
+    Moderate(Command),
+    /// Say this line on stderr (an admin action: what, on whom, by whom).
+    Log(String),
 }
 
 /// Reports the Redis backplane's state for `/health` and `/stats`.
@@ -155,6 +164,9 @@ pub struct Options {
     /// The room a clean stop left in `--history-file`: its epoch and
     /// chats carry on (single instance only).
     pub restored: Option<Snapshot>,
+    /// The fingerprint of `--admin-token-file`'s token: the admin API is
+    /// served (on the private listener) only with one.
+    pub admin_token: Option<Fingerprint>,
 }
 
 /// The whole server's state, without I/O.
@@ -214,6 +226,10 @@ pub struct Engine {
     process: Option<ProcessProbe>,
     /// `--trusted-proxy` blocks.
     trusted: Vec<Cidr>,
+    /// Bans and mutes in force.
+    moderation: Moderation,
+    /// See `Options::admin_token`.
+    admin_token: Option<Fingerprint>,
     stats: Counters,
     started: u64,
 }
@@ -293,6 +309,8 @@ impl Engine {
             backplane: None,
             process: None,
             trusted,
+            moderation: Moderation::default(),
+            admin_token: options.admin_token,
             stats: Counters::default(),
             started: now,
         }
@@ -348,7 +366,7 @@ impl Engine {
     }
 
     fn accept_conn(&mut self, peer: IpAddr, private: bool, now: u64) -> usize {
-        let key = self.conns.insert(Connection::new(self.next_id, now));
+        let key = self.conns.insert(Connection::new(self.next_id, peer, now));
         self.next_id = self.next_id.wrapping_add(1);
         self.stats.connections_total += 1;
         self.stats.peak_connections = self.stats.peak_connections.max(self.conns.len() as u64);
@@ -375,9 +393,13 @@ impl Engine {
         key
     }
 
-    /// The client's address is known: counted for `--max-conns-per-ip`
-    /// (refused with 429 over it).
+    /// The client's address is known: kept, and counted for
+    /// `--max-conns-per-ip` (refused with 429 over it).
     fn client_address(&mut self, key: usize, client: IpAddr, now: u64) {
+        if let Some(Phase::Handshaking { peer, .. }) = self.conns.get_mut(key).map(|c| &mut c.phase)
+        {
+            *peer = client;
+        }
         if let Some(limit) = &mut self.ip_limit
             && !limit.admit(key, client)
         {
@@ -407,6 +429,7 @@ impl Engine {
         };
         match &conn.phase {
             Phase::Handshaking { head, .. } => (MAX_HEAD + 1).saturating_sub(head.len()).max(1),
+            Phase::AdminBody { .. } => self.admin_body_left(key),
             Phase::Open { .. } | Phase::Closing { .. } if conn.read_paused => 0,
             Phase::Open { .. } | Phase::Closing { .. } => {
                 let room = self.config.max_backlog.saturating_sub(conn.outbox.cost());
@@ -426,6 +449,7 @@ impl Engine {
         conn.last_heard = now;
         match &conn.phase {
             Phase::Handshaking { .. } => self.on_head(key, data, now),
+            Phase::AdminBody { .. } => self.on_admin_body(key, data, now),
             Phase::Open { .. } | Phase::Closing { .. } => self.on_frames(key, data, now),
             // Draining: read only to see the peer's FIN.
             _ => {}
@@ -695,6 +719,7 @@ impl Engine {
                 catchup,
             }) => self.join(key, user, presence, &catchup, now),
             Reaction::Chat(Outcome::Relay(frame)) => self.accept_chat(key, frame.into(), now),
+            Reaction::Chat(Outcome::Muted(frame)) => self.muted_chat(key, frame, now),
             Reaction::Chat(Outcome::Reply(frame)) => self.reply(key, frame.into()),
             Reaction::Chat(Outcome::Leave) => self.close(key, CloseCause::Leave, now),
             Reaction::Chat(Outcome::Rename(user)) => {

@@ -20,17 +20,24 @@ impl Engine {
         // A join that asked for chats catches up outside the room first
         // (`catch_up`): nothing live comes between its replay and `joined`.
         let catching_up = catchup.asked();
-        let index = if catching_up { 0 } else { self.room.join(key) };
+        let index = if catching_up {
+            0
+        } else {
+            self.room.join(key) as u32
+        };
         let online = self.online() + usize::from(catching_up);
         let plain = self.conns.get(key).is_some_and(|c| c.plain);
+        let muted = self.moderation.is_muted(&user, now);
         let Some(chat) = self.conns.get_mut(key).and_then(Connection::chat_mut) else {
             return;
         };
-        let watching = presence.then(|| (self.watchers.join(key), online));
+        let watching = presence.then(|| (self.watchers.join(key) as u32, online as u32));
         chat.member = Some(Member {
             user,
             index,
             catching_up,
+            muted,
+            joined_at: (now / 1000) as u32,
             watching,
         });
         self.stats.joins += 1;
@@ -58,13 +65,13 @@ impl Engine {
         }
         if member.catching_up {
             self.drop_catch_up(key);
-        } else if let Some(moved) = self.room.leave(key, member.index)
+        } else if let Some(moved) = self.room.leave(key, member.index as usize)
             && let Some(m) = self.member_mut(moved)
         {
             m.index = member.index;
         }
         if let Some((index, _)) = member.watching
-            && let Some(moved) = self.watchers.leave(key, index)
+            && let Some(moved) = self.watchers.leave(key, index as usize)
             && let Some((moved_index, _)) = self.member_mut(moved).and_then(|m| m.watching.as_mut())
         {
             *moved_index = index;
@@ -103,10 +110,10 @@ impl Engine {
             let Some((_, seen)) = self.member_mut(key).and_then(|m| m.watching.as_mut()) else {
                 continue;
             };
-            if *seen == count {
+            if *seen == count as u32 {
                 continue;
             }
-            *seen = count;
+            *seen = count as u32;
             let frame = frame.get_or_insert_with(|| protocol::presence_frame(count).into());
             let frame = Rc::clone(frame);
             self.stats.presence_sent += 1;

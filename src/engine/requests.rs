@@ -8,8 +8,9 @@ impl Engine {
     /// Bytes of the request head (see `HeadReader`: usually the whole
     /// request comes in one read and is parsed where it lies).
     pub(super) fn on_head(&mut self, key: usize, data: &mut [u8], now: u64) {
-        let Some(Phase::Handshaking { head, via_proxy }) =
-            self.conns.get_mut(key).map(|c| &mut c.phase)
+        let Some(Phase::Handshaking {
+            head, via_proxy, ..
+        }) = self.conns.get_mut(key).map(|c| &mut c.phase)
         else {
             return;
         };
@@ -37,8 +38,9 @@ impl Engine {
                 }
             }
         }
-        let Some(Phase::Handshaking { head, via_proxy }) =
-            self.conns.get_mut(key).map(|c| &mut c.phase)
+        let Some(Phase::Handshaking {
+            head, via_proxy, ..
+        }) = self.conns.get_mut(key).map(|c| &mut c.phase)
         else {
             return;
         };
@@ -72,27 +74,48 @@ impl Engine {
                 }
                 match request.answer {
                     Err(reject) => self.reject(key, reject, head_only, now),
-                    Ok(route) => self.route(key, route, head_only, now),
-                }
-                // Frames sent right behind the request head belong to the new connection.
-                if !rest.is_empty() {
-                    self.on_frames(key, rest, now);
+                    Ok(route) => self.route(key, route, head_only, rest, now),
                 }
             }
         }
     }
 
-    pub(super) fn route(&mut self, key: usize, route: Route, head_only: bool, now: u64) {
-        // With --metrics-address, /metrics and /stats live there only, and it serves nothing else.
-        if self.config.metrics_address.is_some() {
+    /// Answers a complete request head; `rest` is what came behind it.
+    pub(super) fn route(
+        &mut self,
+        key: usize,
+        route: Route,
+        head_only: bool,
+        rest: &mut [u8],
+        now: u64,
+    ) {
+        // With --private-address, /metrics and /stats live there only, and it
+        // serves nothing else (the admin API checks for itself).
+        if self.config.private_address.is_some() {
             let private = self.conns.get(key).is_some_and(|c| c.private);
             let for_operators = matches!(route, Route::Metrics | Route::Stats | Route::Health);
-            if private != for_operators && !matches!(route, Route::Health) {
+            if private != for_operators && !matches!(route, Route::Health | Route::Admin(_)) {
                 return self.reject(key, Reject::NotFound, head_only, now);
             }
         }
+        // A banned address gets neither the page nor an upgrade, but a clear answer.
+        if matches!(route, Route::Upgrade { .. } | Route::Page)
+            && let Some(Phase::Handshaking { peer, .. }) = self.conns.get(key).map(|c| &c.phase)
+            && let Some(ban) = self.moderation.banned(*peer, now)
+        {
+            self.stats.refused_banned += 1;
+            let answer = response::banned((ban.until - now).div_ceil(1000), &ban.reason);
+            return self.respond(key, answer.into(), head_only, now);
+        }
         match route {
-            Route::Upgrade { accept, plain } => self.open(key, &accept, plain, now),
+            Route::Upgrade { accept, plain } => {
+                self.open(key, &accept, plain, now);
+                // Frames sent right behind the request head belong to the new connection.
+                if !rest.is_empty() {
+                    self.on_frames(key, rest, now);
+                }
+            }
+            Route::Admin(head) => self.on_admin_head(key, &head, rest, now),
             Route::Page => {
                 self.stats.http_page += 1;
                 self.respond(key, Rc::clone(&self.page), head_only, now);
@@ -150,9 +173,12 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let Phase::Handshaking { peer, .. } = conn.phase else {
+            return;
+        };
         let chat = match plain {
-            true => ChatState::plain(now, self.config.max_message_size),
-            false => ChatState::new(now),
+            true => ChatState::plain(now, peer, self.config.max_message_size),
+            false => ChatState::new(now, peer),
         };
         conn.phase = Phase::Open {
             reader: MessageReader::default(),

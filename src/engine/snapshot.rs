@@ -136,7 +136,7 @@ pub fn decode(
     if bytes.len() > max_bytes + SLACK {
         return Err(Refusal::TooLarge);
     }
-    let file: File<'_> = serde_json::from_slice(bytes).map_err(|_| Refusal::Malformed)?;
+    let file: File<'_> = protocol::from_bytes(bytes).ok_or(Refusal::Malformed)?;
     if file.version != VERSION {
         return Err(Refusal::Version(file.version));
     }

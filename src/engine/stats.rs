@@ -39,6 +39,9 @@ pub struct Counters {
     pub closed_by_client: u64,
     pub closed_by_leave: u64,
     pub closed_by_shutdown: u64,
+    /// Connections closed by a kick (4001) or a ban (4003).
+    pub closed_by_kick: u64,
+    pub closed_by_ban: u64,
     pub dropped_without_close: u64,
     /// Our close frame was not answered within 2 s.
     pub close_timeouts: u64,
@@ -79,6 +82,26 @@ pub struct Counters {
     /// took over 3 s, or the order changed meanwhile).
     pub history_reads: u64,
     pub history_fallbacks: u64,
+    /// Admin requests that presented the token, and those that did not (401).
+    pub admin_requests: u64,
+    pub admin_unauthorized: u64,
+    /// Admin requests refused for a mistake (400, 404, 405, 409, 411, 413, 415).
+    pub admin_refused: u64,
+    /// Actions carried out here, asked here or by another instance through Redis.
+    pub admin_kicks: u64,
+    pub admin_bans: u64,
+    pub admin_unbans: u64,
+    pub admin_mutes: u64,
+    pub admin_unmutes: u64,
+    pub admin_announces: u64,
+    /// Actions from other instances (through Redis) among those.
+    pub admin_from_cluster: u64,
+    /// Requests (pages and upgrades) refused with 403 for a ban.
+    pub refused_banned: u64,
+    /// Chats from muted members, dropped.
+    pub muted_dropped: u64,
+    /// Notices queued to members.
+    pub notices_sent: u64,
 }
 
 /// The Redis backplane's link state and counters (with `--redis`).
@@ -109,6 +132,9 @@ pub struct BackplaneStats {
     pub forged: u64,
     /// Ids gone from the stream before they could be read (away too long).
     pub trimmed: u64,
+    /// Admin commands sent to the other instances, and those Redis did not take.
+    pub admin_published: u64,
+    pub admin_unpublished: u64,
     /// Subscriptions that failed after being up (Redis gone, or it cut us off).
     pub subscriptions_lost: u64,
     /// History reads for joins, and those that failed.
@@ -161,6 +187,21 @@ closed_message_too_big Connections closed for a message too big (1009)\n\
 closed_by_client Connections the client closed\n\
 closed_by_leave Connections closed after leave\n\
 closed_by_shutdown Connections closed by shutdown (1001)\n\
+closed_by_kick Connections closed by a kick (4001)\n\
+closed_by_ban Connections closed by a ban (4003)\n\
+admin_requests Admin requests with the token\n\
+admin_unauthorized Admin requests without the token (401)\n\
+admin_refused Admin requests refused for a mistake\n\
+admin_kicks Kicks carried out\n\
+admin_bans Bans carried out\n\
+admin_unbans Bans lifted\n\
+admin_mutes Mutes carried out\n\
+admin_unmutes Mutes lifted\n\
+admin_announces Notices announced\n\
+admin_from_cluster Admin actions from other instances through Redis\n\
+refused_banned Pages and upgrades refused with 403 for a ban\n\
+muted_dropped Chats from muted members dropped\n\
+notices_sent Notices queued to members\n\
 dropped_without_close Connections that ended without a close frame\n\
 read_pauses Times reading a client paused until its replies drained\n\
 accept_pauses Times accepting paused for want of descriptors or memory\n\
@@ -476,6 +517,16 @@ impl Counters {
                     "Entries or messages not in this server's format",
                 ),
                 ("oversized", b.oversized, "Entries larger than any chat"),
+                (
+                    "admin_published",
+                    b.admin_published,
+                    "Admin commands sent to the other instances",
+                ),
+                (
+                    "admin_unpublished",
+                    b.admin_unpublished,
+                    "Admin commands Redis did not take (done here only)",
+                ),
                 (
                     "forged",
                     b.forged,

@@ -13,6 +13,8 @@ const INSTANCE: u64 = 0x1234;
 use crate::websocket::frame::client_frame;
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// The admin API's token in these tests.
+const TOKEN: &str = "engine-test-token-0123456789";
 const UPGRADE: &[u8] =
     b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -49,6 +51,7 @@ impl Driver {
                 instance: Some(INSTANCE),
                 epoch: "test-epoch".into(),
                 restored: None,
+                admin_token: Some(crate::http::admin::fingerprint(TOKEN.as_bytes())),
             },
             0,
         );
@@ -100,7 +103,7 @@ impl Driver {
                 }
                 Action::ReadHistory { key, conn, read } => self.reads.push((key, conn, read)),
                 Action::ResumeReading(key) => self.resumed.push(key),
-                Action::ResumeAccepting => {}
+                Action::ResumeAccepting | Action::Log(_) | Action::Moderate(_) => {}
             }
         }
         if let Err(broken) = self.engine.check_invariants() {
@@ -881,6 +884,7 @@ fn the_private_listener_and_refusals_have_slots_of_their_own() {
             instance: None,
             epoch: "e".into(),
             restored: None,
+            admin_token: None,
         },
         0,
     );
@@ -912,4 +916,110 @@ fn the_private_listener_and_refusals_have_slots_of_their_own() {
     assert_eq!(engine.poll_action(), Some(Action::Close(private[0])));
     assert_eq!(engine.poll_action(), Some(Action::ResumeAccepting));
     assert!(engine.accepting(true));
+}
+
+impl Driver {
+    /// An admin request on a private connection, fed `piece` bytes at a
+    /// time: the whole answer.
+    fn admin(&mut self, method: &str, path: &str, token: &str, body: &str, piece: usize) -> String {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let key = self.engine.handle_accept_private(LOCAL, self.now);
+        for piece in request.as_bytes().chunks(piece) {
+            self.feed(key, piece);
+        }
+        String::from_utf8(self.written.remove(&key).unwrap_or_default()).expect("an HTTP answer")
+    }
+}
+
+#[test]
+fn an_admin_request_is_read_in_pieces_and_a_kick_closes_with_4001() {
+    let mut d = Driver::new(&["--private-address", "127.0.0.1:0"]);
+    let (a, b) = (d.joined("a"), d.joined("b"));
+    let kick = r#"{"user":"b","reason":"spam"}"#;
+    // Not on the public listener; not without the token.
+    let key = d.engine.handle_accept(LOCAL, d.now);
+    d.feed(
+        key,
+        format!("GET /admin/members HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").as_bytes(),
+    );
+    assert!(
+        d.written
+            .remove(&key)
+            .unwrap_or_default()
+            .starts_with(b"HTTP/1.1 404 ")
+    );
+    assert!(
+        d.admin("POST", "/admin/kick", "guess-guess-guess", kick, 1000)
+            .starts_with("HTTP/1.1 401 ")
+    );
+    assert!(d.engine.is_member(b));
+    for piece in [1, 7, 1000] {
+        let answer = d.admin("GET", "/admin/members", TOKEN, "", piece);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 ") && answer.contains(r#""count":2"#),
+            "{answer}"
+        );
+    }
+    let answer = d.admin("POST", "/admin/kick", TOKEN, kick, 5);
+    assert!(
+        answer.ends_with("{\"kicked\":1,\"cluster\":\"sent to every instance\"}\n"),
+        "{answer}"
+    );
+    let frames = d.frames(b);
+    let close = frames.last().expect("a close frame");
+    assert_eq!(close_code(close), Some(4001));
+    assert_eq!(&close.1[2..], b"kicked by the operator: spam");
+    assert!(!d.engine.is_member(b) && d.engine.is_member(a));
+    let stats = d.engine.stats();
+    assert_eq!(
+        (
+            stats.admin_unauthorized,
+            stats.admin_requests,
+            stats.admin_kicks,
+            stats.closed_by_kick
+        ),
+        (1, 4, 1, 1)
+    );
+}
+
+#[test]
+fn a_mute_drops_chats_until_it_ends_and_a_ban_closes_and_refuses() {
+    let mut d = Driver::new(&["--private-address", "127.0.0.1:0"]);
+    let (a, b) = (d.joined("a"), d.joined("b"));
+    let answer = d.admin(
+        "POST",
+        "/admin/mute",
+        TOKEN,
+        r#"{"user":"b","seconds":2}"#,
+        1000,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    d.text(b, r#"{"type":"chat","text":"spam"}"#);
+    assert!(d.texts(a).is_empty());
+    assert!(d.published.is_empty());
+    d.advance(2_000);
+    d.text(b, r#"{"type":"chat","text":"free"}"#);
+    assert_eq!(d.texts(a)[0]["text"], "free");
+    assert_eq!(d.engine.stats().muted_dropped, 1);
+    let ban = r#"{"address":"127.0.0.0/8","seconds":5,"reason":"flood"}"#;
+    assert!(
+        d.admin("POST", "/admin/ban", TOKEN, ban, 1000)
+            .contains(r#""closed":2"#)
+    );
+    for key in [a, b] {
+        assert_eq!(d.frames(key).last().and_then(close_code), Some(4003));
+    }
+    let key = d.engine.handle_accept(LOCAL, d.now);
+    d.feed(key, UPGRADE);
+    let answer = String::from_utf8(d.written.remove(&key).unwrap_or_default()).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 403 ") && answer.ends_with("for 5 more seconds: flood\n"),
+        "{answer}"
+    );
+    d.advance(5_000);
+    d.open();
 }

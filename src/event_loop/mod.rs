@@ -26,6 +26,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::config::Config;
 use crate::engine::cluster::FromCluster;
 use crate::engine::{Action, Engine, Options, PRIVATE_SLOTS, READ_BUF, REFUSAL_SLOTS};
+use crate::http::admin;
 use backplane::{Backplane, Target};
 use history_file::Taken;
 
@@ -53,7 +54,7 @@ pub struct Server {
     poll: Poll,
     /// `None` once shutdown has begun: new clients are refused by the kernel.
     listener: Option<TcpListener>,
-    /// `--metrics-address`: `/metrics` and `/stats` for operators only.
+    /// `--private-address`: `/metrics`, `/stats` and the admin API, for operators only.
     metrics: Option<TcpListener>,
     /// Read end of the pipe the signal handler writes to.
     signals: UnixStream,
@@ -83,9 +84,9 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(on(&public))?;
-        let metrics = match &config.metrics_address {
+        let metrics = match &config.private_address {
             Some(addr) => {
-                let what = format!("{addr} (--metrics-address)");
+                let what = format!("{addr} (--private-address)");
                 let mut metrics = listen(addr).map_err(on(&what))?;
                 poll.registry()
                     .register(&mut metrics, METRICS, Interest::READABLE)
@@ -166,12 +167,19 @@ impl Server {
             }
             Some(Taken::Fresh) | None => None,
         };
+        let admin_token = match &config.admin_token_file {
+            Some(path) => {
+                Some(admin::token_from_file(path).map_err(|e| format!("cannot start: {e}"))?)
+            }
+            None => None,
+        };
         let options = Options {
             max_conns,
             public_slots,
             instance: backplane.as_ref().map(Backplane::instance),
             epoch: random_epoch(),
             restored,
+            admin_token,
         };
         let mut engine = Engine::new(config, options, 0);
         if let Some(backplane) = &backplane {
@@ -323,6 +331,12 @@ impl Server {
                         backplane.publish(&frame, origin);
                     }
                 }
+                Action::Moderate(command) => {
+                    if let Some(backplane) = &self.backplane {
+                        backplane.moderate(&command);
+                    }
+                }
+                Action::Log(line) => eprintln!("websocket-public-chat: {line}"),
                 Action::ReadHistory { key, conn, read } => {
                     let asked = self
                         .backplane

@@ -30,13 +30,16 @@ impl Cidr {
             },
         };
         // `::ffff:a.b.c.d/104` is the IPv4 block a.b.c.d/8: peers are compared as IPv4.
-        match addr.to_canonical() {
-            IpAddr::V4(v4) if addr.is_ipv6() && prefix >= 96 => Ok(Self {
-                addr: IpAddr::V4(v4),
-                prefix: prefix - 96,
-            }),
-            _ => Ok(Self { addr, prefix }),
-        }
+        let (addr, prefix) = match addr.to_canonical() {
+            IpAddr::V4(v4) if addr.is_ipv6() && prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
+            _ => (addr, prefix),
+        };
+        // Kept as the block's first address, so one block has one form (`10.1.2.3/8` is `10.0.0.0/8`).
+        let addr = match addr {
+            IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & mask(prefix, 32) as u32).into()),
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & mask(prefix, 128)).into()),
+        };
+        Ok(Self { addr, prefix })
     }
 
     /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as IPv4).
@@ -51,11 +54,27 @@ impl Cidr {
         if block_len != addr_len {
             return false;
         }
-        let mask = match self.prefix {
-            0 => 0,
-            p => u128::MAX << (128 - u32::from(p)),
-        };
+        let mask = mask(self.prefix, 128);
         block & mask == addr & mask
+    }
+}
+
+/// `ADDR` for one address, else `ADDR/PREFIX` (the block's first address).
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let most = if self.addr.is_ipv4() { 32 } else { 128 };
+        match self.prefix == most {
+            true => write!(f, "{}", self.addr),
+            false => write!(f, "{}/{}", self.addr, self.prefix),
+        }
+    }
+}
+
+/// The top `prefix` bits of a `width`-bit address set.
+fn mask(prefix: u8, width: u32) -> u128 {
+    match u32::from(prefix) {
+        0 => 0,
+        p => (u128::MAX << (128 - p)) >> (128 - width),
     }
 }
 

@@ -30,6 +30,8 @@ pub enum Route {
     Stats,
     /// `GET /metrics`: Prometheus text format.
     Metrics,
+    /// `/admin/...`: the admin API (its body, if any, follows the head).
+    Admin(Box<super::admin::AdminHead>),
 }
 
 /// Why a request is refused. Each maps to one HTTP status.
@@ -209,6 +211,9 @@ pub fn parse(buf: &[u8], origins: &Origins) -> Result<Option<Request>, Reject> {
         // An opening handshake is a GET (RFC 6455 §4.1).
         "/ws" if head_only => Err(Reject::BadRequest),
         "/ws" => upgrade(version, req.headers, origins, false),
+        _ if path == "/admin" || path.starts_with("/admin/") => Ok(Route::Admin(Box::new(
+            super::admin::head(method, path, req.headers),
+        ))),
         _ => Err(Reject::NotFound),
     };
     Ok(Some(Request {

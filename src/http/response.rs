@@ -23,6 +23,25 @@ impl Reject {
     }
 }
 
+/// The answer to a page or an upgrade from a banned address: `403`, the
+/// time left and the operator's reason, readable in a browser.
+pub fn banned(seconds_left: u64, reason: &str) -> Vec<u8> {
+    let why = match reason.is_empty() {
+        true => String::new(),
+        false => format!(": {reason}"),
+    };
+    let body = format!(
+        "403 Forbidden\nThis address is banned from the chat for {seconds_left} more seconds{why}\n"
+    );
+    response(
+        403,
+        "Forbidden",
+        "text/plain; charset=utf-8",
+        &format!("Retry-After: {seconds_left}\r\n"),
+        body.as_bytes(),
+    )
+}
+
 /// The `101 Switching Protocols` answer to an upgrade.
 pub fn switching_protocols(accept: &str) -> Vec<u8> {
     format!(
@@ -66,7 +85,8 @@ pub fn without_body(response: &[u8]) -> Vec<u8> {
     response[..end].to_vec()
 }
 
-fn response(code: u16, reason: &str, content_type: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+/// A complete response with `extra` header lines, `Connection: close`.
+pub fn response(code: u16, reason: &str, content_type: &str, extra: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
         body.len()

@@ -3,11 +3,13 @@
 // messages, a dropped connection recovers what it missed (and sends what was
 // typed meanwhile), a server restart is marked as a possible gap (but not
 // one with --history-file, which keeps the room), and a reload shows one's
-// own earlier messages as one's own.
+// own earlier messages as one's own. Moderation: an operator's notice is
+// shown set apart, a kicked page shows the reason and does not reconnect, a
+// banned address reloading the page is told it is banned.
 // Usage: node chat.test.mjs SERVER_BINARY ARTIFACT_DIR
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join as joinPath } from 'node:path';
 import net from 'node:net';
@@ -28,7 +30,8 @@ async function startServer(port, extra = []) {
   const match = /^listening on 127\.0\.0\.1:(\d+)/.exec(line);
   if (!match) throw new Error(`unexpected server output: ${line}`);
   proc.stdout.resume();
-  return { proc, port: Number(match[1]) };
+  const priv = /metrics on ([\d.:]+)\)/.exec(line);
+  return { proc, port: Number(match[1]), private: priv && priv[1] };
 }
 
 // A TCP proxy in front of the server that can drop every connection it
@@ -273,6 +276,52 @@ try {
   await expectMessage(alice, 'alice', 'welcome back', true);
   await expectMessage(alice, 'bob', 'back again');
   console.log('ok: after a reload the history shows my own messages as mine');
+
+  // Moderation, with the admin API on a private listener.
+  const tokenFile = joinPath(mkdtempSync(joinPath(tmpdir(), 'admin-')), 'token');
+  writeFileSync(tokenFile, 'browser-test-token-0123456789\n', { mode: 0o600 });
+  await stopServer(server);
+  server = await startServer(server.port, ['--private-address', '127.0.0.1:0', '--admin-token-file', tokenFile]);
+  const admin = async (method, path, body) => {
+    const response = await fetch(`http://${server.private}/admin/${path}`, {
+      method,
+      headers: { Authorization: 'Bearer browser-test-token-0123456789', 'Content-Type': 'application/json' },
+      body: body && JSON.stringify(body),
+    });
+    if (!response.ok) throw new Error(`${method} /admin/${path}: ${response.status} ${await response.text()}`);
+    return response.json();
+  };
+  await alice.waitForSelector('#state.online', { timeout: WAIT });
+  await bob.waitForSelector('#state.online', { timeout: WAIT });
+  await admin('POST', 'announce', { text: 'maintenance at noon' });
+  for (const page of [alice, bob]) {
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('#log li.notice')].some((li) => li.textContent === 'maintenance at noon'),
+      null,
+      { timeout: WAIT },
+    );
+  }
+  console.log('ok: a notice from the operator is shown set apart on every page');
+  const kicked = await admin('POST', 'kick', { user: 'bob', reason: 'be nice' });
+  if (kicked.kicked !== 1) throw new Error(`kick closed ${kicked.kicked}`);
+  await bob.waitForSelector('#state.offline', { timeout: WAIT });
+  const ended = await bob.textContent('#log li.ended', { timeout: WAIT });
+  if (!ended.includes('kicked by the operator: be nice')) throw new Error(`bob's page says: ${ended}`);
+  // Well past the first reconnection delay (0.5 s): bob stays out.
+  await new Promise((r) => setTimeout(r, 3000));
+  const members = (await admin('GET', 'members')).members.map((m) => m.user);
+  if (members.includes('bob') || !members.includes('alice')) throw new Error(`members after the kick: ${members}`);
+  if ((await bob.textContent('#state')) !== 'removed') throw new Error('the kicked page reconnected');
+  console.log('ok: a kicked page shows the reason and does not reconnect');
+  await admin('POST', 'ban', { address: '127.0.0.1', seconds: 60, reason: 'spam' });
+  await alice.waitForSelector('#log li.ended', { timeout: WAIT });
+  await bob.reload();
+  const said = await bob.textContent('body');
+  if (!/banned from the chat for \d+ more seconds: spam/.test(said)) throw new Error(`a banned reload shows: ${said}`);
+  await admin('DELETE', 'ban', { address: '127.0.0.1' });
+  await bob.reload();
+  await join(bob, 'bob', WAIT);
+  console.log('ok: a banned address reloading the page is told so, and comes back once the ban is lifted');
   if (violations.length !== 0) throw new Error(`policy violations: ${violations.join('; ')}`);
 } catch (error) {
   failed = true;

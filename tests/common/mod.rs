@@ -151,10 +151,11 @@ impl ServerProcess {
     /// GET /stats, parsed. A 503 (the server at `--max-conns`, say while
     /// closed connections are still on their way out) is retried, as its
     /// `Retry-After` asks.
+    /// (From the private listener if there is one: only it serves `/stats` then.)
     pub fn stats(&self) -> Value {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let (status, _, body) = http_get(self.addr, "/stats");
+            let (status, _, body) = http_get(self.metrics.unwrap_or(self.addr), "/stats");
             if status == 503 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
@@ -250,6 +251,13 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
     );
     split_response(&response)
+}
+
+/// GET `path` with `Authorization: Bearer TOKEN`: status, head, body.
+pub fn http_raw_get_with_token(addr: SocketAddr, path: &str, token: &str) -> (u16, String, String) {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\r\n");
+    split_response(&http_raw(addr, request.as_bytes()))
 }
 
 pub fn split_response(response: &str) -> (u16, String, String) {

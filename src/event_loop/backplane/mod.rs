@@ -50,6 +50,7 @@ use mio::Waker;
 use crate::engine::BackplaneProbe;
 use crate::engine::cluster::{FromCluster, Origin, Read, Stream};
 use crate::engine::stats::BackplaneStats;
+use crate::http::admin::Command;
 use crate::websocket::frame::{self, Role};
 use link::client;
 use publisher::Publisher;
@@ -72,7 +73,7 @@ const MESSAGE_OVERHEAD: usize = 1024;
 pub struct Backplane {
     id: u64,
     waker: Arc<Waker>,
-    outgoing: SyncSender<(Origin, Vec<u8>)>,
+    outgoing: SyncSender<Outgoing>,
     reads: SyncSender<(usize, u32, Read, Instant)>,
     incoming: Receiver<FromCluster>,
     shared: Arc<Shared>,
@@ -94,6 +95,8 @@ struct Shared {
     lost_outgoing: AtomicU64,
     unpublished: AtomicU64,
     malformed: AtomicU64,
+    admin_published: AtomicU64,
+    admin_unpublished: AtomicU64,
     oversized: AtomicU64,
     forged: AtomicU64,
     trimmed: AtomicU64,
@@ -120,12 +123,25 @@ pub struct Target<'a> {
     pub read_budget: usize,
 }
 
-/// The room's keys and channel in Redis.
+/// What the publisher sends to Redis.
+enum Outgoing {
+    /// A chat accepted here (its origin, its JSON).
+    Chat(Origin, Vec<u8>),
+    /// An admin command carried out here, for the other instances.
+    Admin(Command),
+}
+
+/// The room's keys and channels in Redis.
 #[derive(Clone)]
 struct Room {
     channel: String,
     meta: String,
     stream: String,
+    /// Admin commands: a capped stream of them, and a channel that says one was added.
+    admin_channel: String,
+    admin_stream: String,
+    /// The bans and mutes in force, with their ends (Redis's clock).
+    kept: String,
 }
 
 /// The threads' way to the loop: a bounded queue, its byte count, the waker.
@@ -194,6 +210,9 @@ impl Backplane {
             channel: target.channel.to_string(),
             meta: format!("{}:meta", target.channel),
             stream: format!("{}:stream", target.channel),
+            admin_channel: format!("{}:admin", target.channel),
+            admin_stream: format!("{}:admin-stream", target.channel),
+            kept: format!("{}:restrictions", target.channel),
         };
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -205,6 +224,7 @@ impl Backplane {
         let publisher = Publisher {
             client: client.clone(),
             sequence_key: format!("{}:published:{id:016x}", target.channel),
+            instance: id,
             room: room.clone(),
             max_len: target.history.max(1),
             to_loop: to_loop.clone(),
@@ -249,7 +269,23 @@ impl Backplane {
             return;
         };
         let json = chat_frame[header_len..].to_vec();
-        if self.outgoing.try_send((origin, json)).is_err() {
+        if self
+            .outgoing
+            .try_send(Outgoing::Chat(origin, json))
+            .is_err()
+        {
+            self.shared.lost_outgoing.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues an admin command carried out here, for the other instances;
+    /// if the queue is full it is dropped and counted like a chat.
+    pub fn moderate(&self, command: &Command) {
+        if self
+            .outgoing
+            .try_send(Outgoing::Admin(command.clone()))
+            .is_err()
+        {
             self.shared.lost_outgoing.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -316,6 +352,8 @@ impl Shared {
             lost_outgoing: get(&self.lost_outgoing),
             unpublished: get(&self.unpublished),
             malformed: get(&self.malformed),
+            admin_published: get(&self.admin_published),
+            admin_unpublished: get(&self.admin_unpublished),
             oversized: get(&self.oversized),
             forged: get(&self.forged),
             trimmed: get(&self.trimmed),

@@ -6,8 +6,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
 use super::link::{Failure, Link};
 use super::stream::fresh_epoch;
-use super::{REDIS_TIMEOUT, Room, ToLoop};
-use crate::engine::cluster::{FromCluster, Origin};
+use super::{Outgoing, REDIS_TIMEOUT, Room, ToLoop};
+use crate::engine::cluster::FromCluster;
+use crate::http::admin::Command;
 
 /// Appends a chat to the room: next id, stream entry, PUBLISH, in one step.
 /// KEYS: meta hash, stream, this instance's last published sequence. ARGV:
@@ -51,6 +52,28 @@ redis.call('PUBLISH', ARGV[3], epoch .. ' ' .. id .. ' ' .. ARGV[4] .. ' ' .. AR
 return id
 ";
 
+/// Sends an admin command to the other instances: the bans and mutes in
+/// force are kept in a hash with their ends on Redis's own clock (so an
+/// instance that starts later applies them, whatever its clock says), the
+/// command is appended to a capped stream, and the admin channel says so.
+/// KEYS: the hash, the stream. ARGV: the channel, the instance, the
+/// endpoint's name, the body, the hash field ('' for none), how long it
+/// lasts in ms (0 lifts it), its reason.
+const ADMIN_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[5] ~= '' then
+  if tonumber(ARGV[6]) > 0 then
+    redis.call('HSET', KEYS[1], ARGV[5], (now + tonumber(ARGV[6])) .. ' ' .. ARGV[7])
+  else
+    redis.call('HDEL', KEYS[1], ARGV[5])
+  end
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'i', ARGV[2], 'a', ARGV[3], 'b', ARGV[4])
+redis.call('PUBLISH', ARGV[1], id)
+return id
+";
+
 /// Publishes queued chats with `PUBLISH_SCRIPT`. A command that fails
 /// (a connection that died while idle fails once) is tried again on a
 /// fresh connection: the script runs a sequence once, so that cannot
@@ -63,12 +86,14 @@ pub struct Publisher {
     pub room: Room,
     /// This instance's key for its last published sequence.
     pub sequence_key: String,
+    /// This instance's id, on the admin commands it sends.
+    pub instance: u64,
     pub max_len: usize,
     pub to_loop: ToLoop,
 }
 
 impl Publisher {
-    pub fn run(&self, queue: &Receiver<(Origin, Vec<u8>)>) {
+    pub fn run(&self, queue: &Receiver<Outgoing>) {
         let s = &self.to_loop.shared;
         let script = redis::Script::new(PUBLISH_SCRIPT);
         let mut link = Link::new(&self.client, "publisher");
@@ -85,7 +110,8 @@ impl Publisher {
                 }
             }
             match queue.recv_timeout(REDIS_TIMEOUT) {
-                Ok((origin, json)) => {
+                Ok(Outgoing::Admin(command)) => self.send_admin(&mut link, &command),
+                Ok(Outgoing::Chat(origin, json)) => {
                     let publish = |c: &mut redis::Connection| {
                         script
                             .key(&self.room.meta)
@@ -127,5 +153,47 @@ impl Publisher {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+
+    /// Sends `command` with `ADMIN_SCRIPT` (tried again once on a fresh
+    /// connection: sending it twice is harmless, each instance acts on it
+    /// the same way). Not sent: counted, and done on this instance only.
+    fn send_admin(&self, link: &mut Link, command: &Command) {
+        let s = &self.to_loop.shared;
+        let (field, ms, reason) = match command {
+            Command::Ban {
+                block,
+                seconds,
+                reason,
+            } => (format!("ban {block}"), seconds * 1000, reason.as_str()),
+            Command::Unban { block } => (format!("ban {block}"), 0, ""),
+            Command::Mute { user, seconds } => (format!("mute {user}"), seconds * 1000, ""),
+            Command::Unmute { user } => (format!("mute {user}"), 0, ""),
+            Command::Kick { .. } | Command::Announce { .. } => (String::new(), 0, ""),
+        };
+        let script = redis::Script::new(ADMIN_SCRIPT);
+        let send = |c: &mut redis::Connection| {
+            script
+                .key(&self.room.kept)
+                .key(&self.room.admin_stream)
+                .arg(&self.room.admin_channel)
+                .arg(format!("{:016x}", self.instance))
+                .arg(command.endpoint().name())
+                .arg(command.body())
+                .arg(&field)
+                .arg(ms)
+                .arg(reason)
+                .invoke::<String>(c)
+                .map(drop)
+        };
+        let sent = match link.run(send) {
+            Err(Failure::Failed) => link.run(send),
+            other => other,
+        };
+        let counter = match sent {
+            Ok(()) => &s.admin_published,
+            Err(_) => &s.admin_unpublished,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,9 +1,14 @@
 //! What this server writes into Redis and reads back: the room's epoch,
-//! stream entries (`N-0` ids, fields `o` origin and `c` the chat's JSON).
-//! Whatever Redis returns is parsed here as untrusted data.
+//! stream entries (`N-0` ids, fields `o` origin and `c` the chat's JSON),
+//! admin commands (fields `i` instance, `a` endpoint, `b` body) and the
+//! bans and mutes kept. Whatever Redis returns is parsed here as untrusted
+//! data: an admin command is read back with the admin API's own checks.
 
 use super::instance_id;
+use crate::engine::Kept;
 use crate::engine::cluster::Origin;
+use crate::http::admin::{self, Command, Endpoint};
+use crate::http::proxy::Cidr;
 
 /// An epoch as this server writes them (hex, 1 to 64 characters of
 /// `[0-9A-Za-z._-]` accepted): one from Redis is sent to clients.
@@ -87,9 +92,146 @@ pub fn entry_id(id: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// An admin stream entry: its id (`MS-SEQ`), and the instance and
+/// command it holds if it is one this server writes.
+pub struct AdminEntry {
+    pub id: String,
+    /// The Redis time it was added at (ms).
+    pub ms: u64,
+    pub command: Option<(u64, Command)>,
+}
+
+/// `XRANGE`'s answer on the admin stream; it ends at the first entry whose
+/// id is not `MS-SEQ` (none should be: Redis gives them).
+pub fn admin_entries(value: redis::Value) -> Vec<AdminEntry> {
+    let redis::Value::Array(items) = value else {
+        return Vec::new();
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let redis::Value::Array(mut pair) = item else {
+            break;
+        };
+        let (Some(redis::Value::Array(fields)), Some(redis::Value::BulkString(id))) =
+            (pair.pop(), pair.pop())
+        else {
+            break;
+        };
+        let Some((id, ms)) = stream_id(&id) else {
+            break;
+        };
+        let (mut instance, mut endpoint, mut body) = (None, None, None);
+        let mut fields = fields.into_iter();
+        while let (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(value))) =
+            (fields.next(), fields.next())
+        {
+            match &name[..] {
+                b"i" => {
+                    instance = std::str::from_utf8(&value)
+                        .ok()
+                        .filter(|v| v.len() == 16)
+                        .and_then(|v| u64::from_str_radix(v, 16).ok());
+                }
+                b"a" => endpoint = Endpoint::from_name(&value),
+                b"b" if value.len() <= admin::MAX_BODY => body = Some(value),
+                _ => {}
+            }
+        }
+        let command = match (instance, endpoint, body) {
+            (Some(i), Some(e), Some(b)) => admin::command(e, &b).ok().map(|c| (i, c)),
+            _ => None,
+        };
+        entries.push(AdminEntry { id, ms, command });
+    }
+    entries
+}
+
+/// A stream id `MS-SEQ`: itself and its milliseconds.
+fn stream_id(id: &[u8]) -> Option<(String, u64)> {
+    let text = std::str::from_utf8(id).ok()?;
+    let (ms, seq) = text.split_once('-')?;
+    let digits = |d: &str| !d.is_empty() && d.len() <= 20 && d.bytes().all(|b| b.is_ascii_digit());
+    (digits(ms) && digits(seq)).then(|| Some((text.to_string(), ms.parse().ok()?)))?
+}
+
+/// The bans and mutes the keeping script returned (field, ms left, reason;
+/// fields `ban BLOCK` and `mute NAME`), each checked as a request's would be.
+pub fn kept(values: Vec<Vec<u8>>) -> Vec<Kept> {
+    values
+        .chunks_exact(3)
+        .filter_map(|k| {
+            let field = std::str::from_utf8(&k[0]).ok()?;
+            let left_ms: u64 = std::str::from_utf8(&k[1]).ok()?.parse().ok()?;
+            let reason = String::from_utf8(k[2].clone()).ok()?;
+            let left_ms = left_ms.min(admin::MAX_SECONDS * 1000);
+            let bad_reason =
+                reason.len() > admin::MAX_REASON || reason.chars().any(char::is_control);
+            match field.split_once(' ')? {
+                ("ban", block) if !bad_reason => Some(Kept::Ban {
+                    block: Cidr::parse(block).ok()?,
+                    left_ms,
+                    reason,
+                }),
+                ("mute", user) if crate::chat::protocol::valid_name(user) => Some(Kept::Mute {
+                    user: user.to_string(),
+                    left_ms,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_bans_and_mutes_are_checked() {
+        let v = |s: &str| s.as_bytes().to_vec();
+        let kept = kept(vec![
+            v("ban 10.0.0.0/8"),
+            v("5000"),
+            v("flood"),
+            v("mute bob"),
+            v("100"),
+            v(""),
+            v("ban nonsense"),
+            v("5000"),
+            v(""),
+            v("mute a\u{202e}b"),
+            v("5000"),
+            v(""),
+            v("ban 10.0.0.1"),
+            v("x"),
+            v(""),
+            v("ban 10.0.0.2"),
+            v("5"),
+            v("a\nb"),
+            v("kick bob"),
+            v("5"),
+            v(""),
+        ]);
+        assert_eq!(
+            kept,
+            [
+                Kept::Ban {
+                    block: Cidr::parse("10.0.0.0/8").unwrap(),
+                    left_ms: 5000,
+                    reason: "flood".into()
+                },
+                Kept::Mute {
+                    user: "bob".into(),
+                    left_ms: 100
+                }
+            ]
+        );
+        assert_eq!(
+            stream_id(b"1700000000000-3"),
+            Some(("1700000000000-3".into(), 1700000000000))
+        );
+        assert_eq!(stream_id(b"17-x"), None);
+    }
 
     #[test]
     fn entry_ids_are_what_the_script_writes() {

@@ -1,14 +1,18 @@
 //! The subscribing thread: the room's chats in Redis's order, read from the
 //! stream whenever the channel says there is more, with no gap and no
-//! duplicate while the stream holds them.
+//! duplicate while the stream holds them; and the admin commands other
+//! instances carried out, the same way (their own stream and channel), with
+//! the bans and mutes Redis keeps read at each start of the subscription.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::link::{Reporter, connect};
-use super::stream::{fresh_epoch, raw_entry_id, stream_entries, valid_epoch};
+use super::stream::{admin_entries, fresh_epoch, kept, raw_entry_id, stream_entries, valid_epoch};
 use super::{BACKOFF, Room, ToLoop};
 use crate::engine::cluster::FromCluster;
+use crate::engine::moderation::{MAX_BANS, MAX_MUTES};
+use crate::http::admin::Command;
 
 /// Stream entries read per `XRANGE` when catching up.
 const BACKFILL_BATCH: usize = 512;
@@ -20,6 +24,35 @@ if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
 end
 return {redis.call('HGET', KEYS[1], 'epoch'), redis.call('HGET', KEYS[1], 'offset') or '0'}
 ";
+
+/// The bans and mutes in force (`ban BLOCK` / `mute NAME` → `END_MS REASON`,
+/// on Redis's clock): as (field, ms left, reason), at most `ARGV[1]` of
+/// them; ended ones are removed.
+const KEPT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local ends, reason = string.match(all[i + 1], '^(%d+) (.*)$')
+  if ends and tonumber(ends) > now then
+    if #out < tonumber(ARGV[1]) * 3 then
+      table.insert(out, all[i])
+      table.insert(out, string.format('%d', tonumber(ends) - now))
+      table.insert(out, reason)
+    end
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+";
+
+/// Kicks and notices from the admin stream older than this (by this
+/// machine's clock) are passed over: an instance back from a long outage
+/// does not close or tell what no longer matters. Bans and mutes are
+/// acted on whatever their age (the hash also says what is in force).
+const STALE_ADMIN_MS: u64 = 60_000;
 
 /// Receives the room's chats in Redis's order and hands them to the loop,
 /// with no gap and no duplicate as long as the stream still holds them.
@@ -45,8 +78,9 @@ impl Subscriber {
         let mut backoff = BACKOFF.0;
         let mut reporter = Reporter::new("subscriber");
         let mut position: Option<Position> = None;
+        let mut admin: Option<String> = None;
         loop {
-            let ended = self.subscribe(&mut position, &mut backoff, &mut reporter);
+            let ended = self.subscribe(&mut position, &mut admin, &mut backoff, &mut reporter);
             if s.subscriber_up.swap(false, Ordering::Relaxed) {
                 s.subscriptions_lost.fetch_add(1, Ordering::Relaxed);
                 if !self.to_loop.send(FromCluster::Down, 0) {
@@ -66,6 +100,7 @@ impl Subscriber {
     pub fn subscribe(
         &self,
         position: &mut Option<Position>,
+        admin: &mut Option<String>,
         backoff: &mut Duration,
         reporter: &mut Reporter,
     ) -> redis::RedisResult<()> {
@@ -75,7 +110,18 @@ impl Subscriber {
         let mut pubsub = connection.as_pubsub();
         // Subscribed first, then the offset read: nothing falls between.
         pubsub.subscribe(&self.room.channel)?;
+        pubsub.subscribe(&self.room.admin_channel)?;
         let (epoch, offset) = self.state(&mut data)?;
+        // The bans and mutes in force; then admin commands from where this
+        // subscription left off (at the first start: from now).
+        let restrictions: Vec<Vec<u8>> = redis::Script::new(KEPT_SCRIPT)
+            .key(&self.room.kept)
+            .arg(MAX_BANS + MAX_MUTES)
+            .invoke(&mut data)?;
+        let admin = match admin {
+            Some(after) => after,
+            None => admin.insert(self.newest_admin(&mut data)?),
+        };
         let last = match position.take() {
             // Back after an outage: catch up from where we were.
             Some(p) if p.epoch == epoch => p.last,
@@ -92,7 +138,11 @@ impl Subscriber {
             epoch: position.epoch.as_str().into(),
             last,
         };
-        if !self.to_loop.send(up, 0) || !self.backfill(&mut data, position)? {
+        if !self.to_loop.send(FromCluster::Kept(kept(restrictions)), 0)
+            || !self.to_loop.send(up, 0)
+            || !self.backfill(&mut data, position)?
+            || !self.backfill_admin(&mut data, admin)?
+        {
             return Ok(());
         }
         loop {
@@ -106,6 +156,12 @@ impl Subscriber {
                 }
                 Err(e) => return Err(e),
             };
+            if message.get_channel_name() == self.room.admin_channel {
+                if !self.backfill_admin(&mut data, admin)? {
+                    return Ok(());
+                }
+                continue;
+            }
             let payload: Vec<u8> = message.get_payload()?;
             // The message says a chat was appended; the stream says which.
             let Some((epoch, id)) = decode(&payload) else {
@@ -157,6 +213,65 @@ impl Subscriber {
                 redis::ErrorKind::UnexpectedReturnType,
                 "the room's epoch or offset in Redis is not one this server writes",
             ))),
+        }
+    }
+
+    /// The id of the newest admin command (`0-0` if none).
+    fn newest_admin(&self, data: &mut redis::Connection) -> redis::RedisResult<String> {
+        let newest: redis::Value = redis::cmd("XREVRANGE")
+            .arg(&self.room.admin_stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(data)?;
+        Ok(admin_entries(newest)
+            .pop()
+            .map_or_else(|| "0-0".into(), |e| e.id))
+    }
+
+    /// Hands on the admin commands added after `after` (other instances'
+    /// and this one's own, which the engine skips), checked like requests;
+    /// others are counted as malformed. False once the loop is gone.
+    fn backfill_admin(
+        &self,
+        data: &mut redis::Connection,
+        after: &mut String,
+    ) -> redis::RedisResult<bool> {
+        let s = &self.to_loop.shared;
+        loop {
+            let entries: redis::Value = redis::cmd("XRANGE")
+                .arg(&self.room.admin_stream)
+                .arg(format!("({after}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(BACKFILL_BATCH)
+                .query(data)?;
+            let entries = admin_entries(entries);
+            let count = entries.len();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            for entry in entries {
+                *after = entry.id;
+                let Some((instance, command)) = entry.command else {
+                    s.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let fleeting = matches!(command, Command::Kick { .. } | Command::Announce { .. });
+                if fleeting && entry.ms + STALE_ADMIN_MS < now {
+                    continue;
+                }
+                if !self
+                    .to_loop
+                    .send(FromCluster::Moderation { instance, command }, 0)
+                {
+                    return Ok(false);
+                }
+            }
+            if count < BACKFILL_BATCH {
+                return Ok(true);
+            }
         }
     }
 

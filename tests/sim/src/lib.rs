@@ -19,6 +19,9 @@
 //! member, exactly once, in order, never its own, unless the server closed
 //! it for a counted reason (then a prefix of them); every close the server
 //! started ended in a close frame then a FIN, or in a counted timeout.
+//! Operators act too, through another instance (kicks, mutes, short bans,
+//! notices): a kicked or banned member is out of the room at once, and no
+//! chat of a muted name is relayed while the mute lasts.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -34,6 +37,8 @@ use websocket_public_chat::engine::cluster::{FromCluster, Origin, Read as Stream
 use websocket_public_chat::engine::snapshot;
 use websocket_public_chat::engine::stats::Counters;
 use websocket_public_chat::engine::{Action, Engine, Options};
+use websocket_public_chat::http::admin::Command;
+use websocket_public_chat::http::proxy::Cidr;
 use websocket_public_chat::websocket::frame::{self, OpCode, Role};
 
 /// The epoch the simulated room has (16 hex digits, as the server's own,
@@ -248,6 +253,8 @@ struct Pinger {
 
 struct Client {
     name: String,
+    /// The address it connects from.
+    ip: IpAddr,
     /// The person behind it: a client that reconnects is a new `Client` of the same person.
     person: usize,
     key: usize,
@@ -395,6 +402,7 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
             instance: Some(INSTANCE),
             epoch: EPOCH.into(),
             restored: None,
+            admin_token: None,
         },
         0,
     );
@@ -429,6 +437,9 @@ pub fn run(source: &mut impl Source, settings: &Settings) -> Result<Report, Stri
         backlog: flag(settings, "--max-backlog").map_or(1 << 20, |b| b as usize),
         max_message: flag(settings, "--max-message-size").map_or(1 << 16, |b| b as usize),
         redis: settings.ordered.then(Redis::default),
+        times: vec![0],
+        mutes: BTreeMap::new(),
+        moderations: 0,
     };
     let outcome = sim
         .steps(source, settings.steps)
@@ -514,6 +525,13 @@ struct Sim {
     max_message: usize,
     /// When Redis orders the room: what the harness plays of it.
     redis: Option<Redis>,
+    /// Every time `now` took, in order (when the engine was first called
+    /// after a deadline).
+    times: Vec<u64>,
+    /// Names an operator muted, and until when.
+    mutes: BTreeMap<String, u64>,
+    /// Operator actions so far (notices are numbered by it).
+    moderations: u32,
 }
 
 /// Redis as the harness plays it: the stream (every chat published, in
@@ -574,11 +592,13 @@ impl Sim {
                         _ => source.below(150).unwrap_or(0),
                     };
                     self.now += ms;
+                    self.times.push(self.now);
                     self.note(format!("time +{ms} ms"));
                 }
                 91..=94 => self.remote_chat(source),
                 95 => self.disconnect(source),
                 96 => self.come_back(source),
+                97 => self.moderate(source)?,
                 _ => {
                     if source.below(100) == Some(0) {
                         self.note("shutdown".into());
@@ -688,6 +708,14 @@ impl Sim {
                 }
                 if let Some(index) = self.reading_from {
                     self.check_rate(index)?;
+                    let name = &self.clients[index].name;
+                    if let Some(until) = self.mutes.get(name).filter(|&&until| until > self.now) {
+                        return Err(format!(
+                            "{name}'s chat {} went out while muted until {until} (now {})",
+                            chat_id(text),
+                            self.now
+                        ));
+                    }
                 }
             }
             Action::ShutdownWrite(key) => {
@@ -722,7 +750,10 @@ impl Sim {
                 self.note(format!("server closed {name}"));
             }
             Action::StopListening => self.listening = false,
-            Action::ResumeReading(_) | Action::ResumeAccepting => {}
+            Action::ResumeReading(_) | Action::ResumeAccepting | Action::Log(_) => {}
+            Action::Moderate(command) => {
+                return Err(format!("another instance's {command:?} was sent on again"));
+            }
         }
         Ok(())
     }
@@ -854,16 +885,23 @@ impl Sim {
 
     /// Once everything has settled, no connection is left that the server
     /// has not heard from for longer than `--pong-timeout`: keepalive closed
-    /// every silent one. (One closing for another reason just before may
-    /// wait up to 2 s more for the peer's close; a timer tick to spare.)
+    /// every silent one. The engine acts at its first call at or after that
+    /// deadline (time may have jumped past it), and another close may come
+    /// first in that call, then waits up to 2 s for the peer's close; a
+    /// timer tick to spare.
     fn check_silence(&self) -> Result<(), String> {
         if self.finished {
             return Ok(());
         }
         for &index in self.by_key.values() {
             let client = &self.clients[index];
-            let silent = self.now.saturating_sub(client.heard_at);
-            if silent > self.pong_timeout + 2_000 + 200 {
+            let deadline = client.heard_at + self.pong_timeout;
+            let first_call = self.times[self.times.partition_point(|&t| t < deadline)..]
+                .first()
+                .copied()
+                .unwrap_or(deadline);
+            if self.now > first_call + 2_000 + 200 {
+                let silent = self.now - client.heard_at;
                 return Err(format!("{} is open, silent for {silent} ms", client.name));
             }
         }
@@ -960,6 +998,7 @@ impl Sim {
         self.clients.push(Client {
             name: name.clone(),
             key,
+            ip,
             wire,
             peer,
             tap: Tap::default(),
@@ -988,7 +1027,7 @@ impl Sim {
             eof_delivered: false,
         });
         self.note(format!(
-            "{name} connects as key {key}{}",
+            "{name} connects as key {key} from {ip}{}",
             if raw { " (raw)" } else { "" }
         ));
     }
@@ -1431,6 +1470,72 @@ impl Sim {
         self.note(format!("remote chat {text}"));
     }
 
+    /// An operator acts, through another instance: mutes a name (for up to
+    /// 5 s) or lifts a mute, kicks a name, bans one of the three client
+    /// addresses for 1 s, or sends a notice. Kicked and banned members are
+    /// out of the room when the call returns.
+    fn moderate(&mut self, source: &mut impl Source) -> Result<(), String> {
+        if self.persons.is_empty() {
+            return Ok(());
+        }
+        let Some(person) = source.below(self.persons.len() as u64) else {
+            return Ok(());
+        };
+        let user = self.persons[person as usize].name.clone();
+        self.moderations += 1;
+        let command = match source.below(10).unwrap_or(0) {
+            0..=2 => Command::Mute {
+                user: user.clone(),
+                seconds: 1 + source.below(5).unwrap_or(0),
+            },
+            3 => Command::Unmute { user: user.clone() },
+            4 | 5 => Command::Kick {
+                user: user.clone(),
+                reason: String::new(),
+            },
+            6 => {
+                let address = format!("127.0.0.{}", 1 + source.below(3).unwrap_or(0));
+                Command::Ban {
+                    block: Cidr::parse(&address).map_err(|e| e.to_string())?,
+                    seconds: 1,
+                    reason: "sim".into(),
+                }
+            }
+            _ => Command::Announce {
+                text: format!("notice {}", self.moderations),
+            },
+        };
+        match &command {
+            Command::Mute { seconds, .. } => {
+                self.mutes.insert(user.clone(), self.now + seconds * 1000);
+            }
+            Command::Unmute { .. } => {
+                self.mutes.remove(&user);
+            }
+            _ => {}
+        }
+        self.note(format!("operator: {command:?}"));
+        let message = FromCluster::Moderation {
+            instance: INSTANCE + 1,
+            command: command.clone(),
+        };
+        self.engine.handle_cluster(message, self.now);
+        for client in self.clients.iter().filter(|c| !c.closed) {
+            let out = match &command {
+                Command::Kick { .. } => client.name == user,
+                Command::Ban { block, .. } => block.contains(client.ip),
+                _ => false,
+            };
+            if out && self.engine.is_joined(client.key) {
+                return Err(format!(
+                    "{} is still in the room after {command:?}",
+                    client.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A client vanishes: a FIN or a reset, without a close frame.
     fn disconnect(&mut self, source: &mut impl Source) {
         if let Some(index) = self.pick_live(source) {
@@ -1529,6 +1634,7 @@ impl Sim {
                 return self.check_silence();
             }
             self.now += 100;
+            self.times.push(self.now);
             if self.engine.is_finished(self.now) {
                 self.finished = true;
             }
@@ -1741,6 +1847,7 @@ impl Sim {
             instance: None,
             epoch: "not this one".into(),
             restored: Some(room),
+            admin_token: None,
         };
         let restored = Engine::new(self.config.clone(), options, self.now);
         if restored.snapshot() != file {
