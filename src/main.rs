@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             if echo { ", echo mode" } else { "" },
             server
                 .metrics_addr()
-                .map_or(String::new(), |m| format!("; metrics on {m}"))
+                .map_or(String::new(), |m| format!("; private listener on {m}"))
         ),
         Err(e) => eprintln!("websocket-public-chat: {e}"),
     }

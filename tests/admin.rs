@@ -233,6 +233,23 @@ fn every_mistake_gets_its_status_and_nothing_else() {
     assert_eq!(stats["admin_unauthorized"], 4);
     assert_eq!(stats["admin_refused"], cases.len() as u64 + 3);
     assert_eq!(stats["admin_announces"], 1);
+    // At most 1,024 bans (409 past that).
+    for i in 0..1024 {
+        let ban = format!(
+            r#"{{"address":"10.9.{}.{}","seconds":60}}"#,
+            i / 256,
+            i % 256
+        );
+        assert_eq!(call(at, "POST", "/admin/ban", t, Some(&ban)).0, 200);
+    }
+    let (status, _, body) = call(
+        at,
+        "POST",
+        "/admin/ban",
+        t,
+        Some(r#"{"address":"10.8.0.1","seconds":60}"#),
+    );
+    assert_eq!(status, 409, "{body}");
     // The public port still works, and the server is whole.
     Client::joined(&server, "alice");
 }
@@ -411,7 +428,26 @@ fn a_muted_member_stays_but_its_chats_reach_nobody() {
         admin(&server, "GET", "/admin/members", None)["members"][1]["muted"],
         true
     );
-    assert_eq!(stats(&server)["muted_dropped"], 4);
+    // So is a plain-text client that takes the name.
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let (mut plain, _) =
+        tungstenite::client(format!("ws://{}/", server.addr), stream).expect("plain handshake");
+    plain.read().unwrap(); // "* you are guest-N; ..."
+    plain.send(Message::text("/nick bob")).unwrap();
+    assert_eq!(plain.read().unwrap().to_text().unwrap(), "* you are bob");
+    plain.send(Message::text("plain spam")).unwrap();
+    bob_again.sync();
+    let deadline = Instant::now() + PATIENCE;
+    while stats(&server)["muted_dropped"] != 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the plain-text bob was not muted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(alice.sync(), Vec::<Value>::new());
+    drop(plain);
     // Lifted: relayed again.
     admin(
         &server,

@@ -51,7 +51,7 @@ struct Args {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
     /// Name to join under (1-64 characters, no control or format characters,
-    /// no whitespace at either end).
+    /// no whitespace at either end, not beginning with `*`).
     #[arg(long)]
     user: String,
     /// Local address to connect from.
@@ -109,7 +109,7 @@ fn run(args: &Args) -> Result<(), Failure> {
     if !protocol::valid_name(&args.user) {
         return Err(Failure::Usage(
             "--user must be 1-64 characters, without control or format characters, \
-             and without whitespace at either end"
+             without whitespace at either end, and not beginning with *"
                 .into(),
         ));
     }

@@ -4,7 +4,7 @@
 //! the event loop carries them out (room membership, fan-out, closing).
 
 use crate::chat::protocol::{self, Catchup, Ignored, Request};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::chat::rate_limit::TokenBucket;
 
@@ -33,8 +33,10 @@ pub struct Member {
 pub struct ChatState {
     /// `Some` once the connection has joined.
     pub member: Option<Member>,
-    /// The client's address (as `--trusted-proxy` resolves it), for bans and `/admin/members`.
-    pub peer: IpAddr,
+    /// The client's address (as `--trusted-proxy` resolves it), for bans
+    /// and `/admin/members`; IPv4 as IPv4-mapped IPv6 (no tag: with it,
+    /// every connection would be 8 bytes larger).
+    peer: Ipv6Addr,
     bucket: TokenBucket,
     /// A plain-text client (upgraded on `/`): each text message is a chat.
     plain: Option<Plain>,
@@ -83,7 +85,10 @@ impl ChatState {
     pub fn new(now: u64, peer: IpAddr) -> Self {
         Self {
             member: None,
-            peer,
+            peer: match peer {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            },
             bucket: TokenBucket::full(now),
             plain: None,
         }
@@ -99,6 +104,11 @@ impl ChatState {
             plain: Some(plain),
             ..Self::new(now, peer)
         }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> IpAddr {
+        self.peer.to_canonical()
     }
 
     /// A plain-text message: `/nick NAME` if it is the first, else a chat

@@ -12,6 +12,7 @@
 use std::fmt::Write as _;
 
 use super::*;
+use crate::chat::unicode;
 use crate::http::admin::{self, AdminHead, Command, Endpoint, Refusal};
 
 impl Engine {
@@ -41,29 +42,25 @@ impl Engine {
             // Bytes past the body are ignored: the connection closes after the answer.
             return self.admin_request(key, endpoint, &rest[..length], peer, now);
         }
-        self.transition(key, |_| Phase::AdminBody {
+        let admin = AdminBody {
             endpoint,
             body: rest.to_vec(),
             length,
             peer,
-        });
+        };
+        self.transition(key, |_| Phase::AdminBody(Box::new(admin)));
     }
 
     /// Bytes of an admin request's body.
     pub(super) fn on_admin_body(&mut self, key: usize, data: &[u8], now: u64) {
-        let Some(Phase::AdminBody {
-            endpoint,
-            body,
-            length,
-            peer,
-        }) = self.conns.get_mut(key).map(|c| &mut c.phase)
-        else {
+        let Some(Phase::AdminBody(admin)) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
             return;
         };
-        let take = (*length - body.len()).min(data.len());
-        body.extend_from_slice(&data[..take]);
-        if body.len() == *length {
-            let (endpoint, peer, body) = (*endpoint, *peer, std::mem::take(body));
+        let take = (admin.length - admin.body.len()).min(data.len());
+        admin.body.extend_from_slice(&data[..take]);
+        if admin.body.len() == admin.length {
+            let (endpoint, peer, body) =
+                (admin.endpoint, admin.peer, std::mem::take(&mut admin.body));
             self.admin_request(key, endpoint, &body, peer, now);
         }
     }
@@ -71,7 +68,7 @@ impl Engine {
     /// How much of an admin request's body is still to come.
     pub(super) fn admin_body_left(&self, key: usize) -> usize {
         match self.conns.get(key).map(|c| &c.phase) {
-            Some(Phase::AdminBody { body, length, .. }) => length - body.len(),
+            Some(Phase::AdminBody(admin)) => admin.length - admin.body.len(),
             _ => 0,
         }
     }
@@ -109,12 +106,17 @@ impl Engine {
     /// other instances. Logged in one line, counted. The answer is the JSON
     /// the API returns.
     fn moderate(&mut self, command: &Command, by: &str, now: u64) -> Result<String, Refusal> {
+        // Redis keeps bans and mutes: a lift it does not hear of would come back from it.
+        let lift = matches!(command, Command::Unban { .. } | Command::Unmute { .. });
+        if lift && self.cluster.as_ref().is_some_and(|c| !c.publisher_up) {
+            return Err(Refusal::RedisDown);
+        }
         let here = self.act(command, now)?;
         let published = match &self.cluster {
             None => "",
             Some(cluster) if cluster.publisher_up => {
                 self.actions.push_back(Action::Moderate(command.clone()));
-                ",\"cluster\":\"sent to every instance\""
+                ",\"cluster\":\"queued for every instance\""
             }
             Some(_) => ",\"cluster\":\"not sent: Redis is down; done on this instance only\"",
         };
@@ -244,7 +246,8 @@ impl Engine {
             command.body(),
             done
         );
-        self.actions.push_back(Action::Log(line));
+        // An operator's text, shown safely (no bidi override reaches the log).
+        self.actions.push_back(Action::Log(unicode::shown(&line)));
     }
 
     /// The open connections whose chat state passes `test`.
@@ -261,7 +264,7 @@ impl Engine {
     /// Closes every open connection from `block` (4003); how many.
     fn close_banned(&mut self, block: &Cidr, reason: &str, now: u64) -> usize {
         let said = operator_says(CloseCause::Banned, reason);
-        let keys = self.keys_where(|chat| block.contains(chat.peer));
+        let keys = self.keys_where(|chat| block.contains(chat.peer()));
         for &key in &keys {
             self.close_saying(key, CloseCause::Banned, &said, now);
         }
@@ -347,7 +350,7 @@ impl Engine {
                 out,
                 "{{\"user\":{},\"address\":\"{}\",\"joined_seconds_ago\":{},\"client\":\"{}\",\"muted\":{}{instance}}}",
                 member.user,
-                chat.peer.to_canonical(),
+                chat.peer(),
                 (now / 1000).saturating_sub(u64::from(member.joined_at)),
                 if conn.plain { "plain" } else { "json" },
                 member.muted && self.moderation.is_muted(&member.user, now),

@@ -100,7 +100,7 @@ impl Engine {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             match self.conns.get(key).map(|c| &c.phase) {
-                Some(Phase::Handshaking { .. } | Phase::AdminBody { .. }) => self.drop_conn(key),
+                Some(Phase::Handshaking { .. } | Phase::AdminBody(_)) => self.drop_conn(key),
                 Some(Phase::Open { .. }) => self.close(key, CloseCause::Shutdown, now),
                 _ => {}
             }

@@ -26,12 +26,7 @@ pub enum Phase {
     },
     /// An admin request's body is arriving (deadline: `--handshake-timeout`
     /// still): `length` bytes in all, from the private peer `peer`.
-    AdminBody {
-        endpoint: Endpoint,
-        body: Vec<u8>,
-        length: usize,
-        peer: IpAddr,
-    },
+    AdminBody(Box<AdminBody>),
     /// Upgraded: frames both ways (deadline: the next keepalive check).
     Open {
         reader: MessageReader,
@@ -48,6 +43,18 @@ pub enum Phase {
     /// Out of the engine: the driver closes the socket when it takes the
     /// `Close` action, and only then is the key free for another connection.
     Closed,
+}
+
+/// An admin request whose body is arriving (boxed: rare, and kept out of
+/// the size of every connection).
+#[derive(Debug)]
+pub struct AdminBody {
+    pub endpoint: Endpoint,
+    pub body: Vec<u8>,
+    /// The body's whole length (`Content-Length`).
+    pub length: usize,
+    /// The private peer that sent it.
+    pub peer: IpAddr,
 }
 
 /// A client connection.

@@ -13,7 +13,7 @@ impl Engine {
         };
         let buffered = match &conn.phase {
             Phase::Handshaking { head, .. } => head.capacity(),
-            Phase::AdminBody { body, .. } => body.capacity(),
+            Phase::AdminBody(admin) => std::mem::size_of::<AdminBody>() + admin.body.capacity(),
             Phase::Open { reader, .. } | Phase::Closing { reader } => reader.buffered(),
             _ => 0,
         };

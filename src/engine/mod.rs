@@ -64,7 +64,7 @@ pub use admin::Kept;
 use catch_up::CatchUp;
 use close_cause::{After, CloseCause};
 use cluster::{Cluster, Origin, Read};
-use connection::{Connection, Phase};
+use connection::{AdminBody, Connection, Phase};
 use history::History;
 use ip_limit::IpLimit;
 use moderation::Moderation;
@@ -429,7 +429,7 @@ impl Engine {
         };
         match &conn.phase {
             Phase::Handshaking { head, .. } => (MAX_HEAD + 1).saturating_sub(head.len()).max(1),
-            Phase::AdminBody { .. } => self.admin_body_left(key),
+            Phase::AdminBody(_) => self.admin_body_left(key),
             Phase::Open { .. } | Phase::Closing { .. } if conn.read_paused => 0,
             Phase::Open { .. } | Phase::Closing { .. } => {
                 let room = self.config.max_backlog.saturating_sub(conn.outbox.cost());
@@ -449,7 +449,7 @@ impl Engine {
         conn.last_heard = now;
         match &conn.phase {
             Phase::Handshaking { .. } => self.on_head(key, data, now),
-            Phase::AdminBody { .. } => self.on_admin_body(key, data, now),
+            Phase::AdminBody(_) => self.on_admin_body(key, data, now),
             Phase::Open { .. } | Phase::Closing { .. } => self.on_frames(key, data, now),
             // Draining: read only to see the peer's FIN.
             _ => {}
@@ -727,8 +727,11 @@ impl Engine {
                     "* you are {}",
                     serde_json::from_str::<String>(&user).unwrap_or_default()
                 );
+                // A name an operator muted stays muted under whoever takes it.
+                let muted = self.moderation.is_muted(&user, now);
                 if let Some(member) = self.member_mut(key) {
                     member.user = user;
+                    member.muted = muted;
                 }
                 self.notice(key, &said);
             }

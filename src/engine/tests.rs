@@ -966,7 +966,7 @@ fn an_admin_request_is_read_in_pieces_and_a_kick_closes_with_4001() {
     }
     let answer = d.admin("POST", "/admin/kick", TOKEN, kick, 5);
     assert!(
-        answer.ends_with("{\"kicked\":1,\"cluster\":\"sent to every instance\"}\n"),
+        answer.ends_with("{\"kicked\":1,\"cluster\":\"queued for every instance\"}\n"),
         "{answer}"
     );
     let frames = d.frames(b);
@@ -1022,4 +1022,10 @@ fn a_mute_drops_chats_until_it_ends_and_a_ban_closes_and_refuses() {
     );
     d.advance(5_000);
     d.open();
+}
+/// What every connection costs before any buffer: kept from growing
+/// (a client address and a join time took the padding, not new bytes).
+#[test]
+fn a_connection_is_184_bytes() {
+    assert_eq!(std::mem::size_of::<Connection>(), 184);
 }

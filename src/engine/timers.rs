@@ -47,7 +47,7 @@ impl Engine {
                 continue;
             }
             match conn.phase {
-                Phase::Handshaking { .. } | Phase::AdminBody { .. } => {
+                Phase::Handshaking { .. } | Phase::AdminBody(_) => {
                     self.stats.handshake_timeouts += 1;
                     self.drop_conn(key);
                 }

@@ -365,7 +365,7 @@ impl Server {
         self.accept_from(false, now);
     }
 
-    /// Accepts what waits on the public listener, or on the metrics one (`private`).
+    /// Accepts what waits on the public listener, or on the private one (`private`).
     fn accept_from(&mut self, private: bool, now: u64) {
         while self.engine.accepting(private) {
             let listener = match private {

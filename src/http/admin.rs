@@ -134,6 +134,9 @@ pub enum Refusal {
     NoSuch(String),
     /// More bans or mutes than the server keeps: 409.
     Full(&'static str),
+    /// A lift with `--redis` while Redis is down: 503 (done here only, the
+    /// ban or mute Redis keeps would come back).
+    RedisDown,
 }
 
 impl Refusal {
@@ -148,6 +151,7 @@ impl Refusal {
             Self::UnsupportedMediaType => (415, "Unsupported Media Type"),
             Self::Invalid(_) => (400, "Bad Request"),
             Self::Full(_) => (409, "Conflict"),
+            Self::RedisDown => (503, "Service Unavailable"),
         }
     }
 
@@ -163,10 +167,14 @@ impl Refusal {
             Self::UnsupportedMediaType => "the body must be Content-Type: application/json".into(),
             Self::Invalid(why) | Self::NoSuch(why) => why.clone(),
             Self::Full(what) => format!("too many {what}: lift some first"),
+            Self::RedisDown => "Redis is down: a lift made now would not reach the other \
+                                instances and would come back from Redis; try again"
+                .into(),
         };
         let extra = match self {
             Self::Unauthorized => "WWW-Authenticate: Bearer\r\n".to_string(),
             Self::MethodNotAllowed(allow) => format!("Allow: {allow}\r\n"),
+            Self::RedisDown => "Retry-After: 1\r\n".into(),
             _ => String::new(),
         };
         let body = format!("{{\"error\":{}}}\n", json_string(&said));

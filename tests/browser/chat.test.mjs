@@ -30,7 +30,7 @@ async function startServer(port, extra = []) {
   const match = /^listening on 127\.0\.0\.1:(\d+)/.exec(line);
   if (!match) throw new Error(`unexpected server output: ${line}`);
   proc.stdout.resume();
-  const priv = /metrics on ([\d.:]+)\)/.exec(line);
+  const priv = /private listener on ([\d.:]+)\)/.exec(line);
   return { proc, port: Number(match[1]), private: priv && priv[1] };
 }
 
@@ -322,6 +322,19 @@ try {
   await bob.reload();
   await join(bob, 'bob', WAIT);
   console.log('ok: a banned address reloading the page is told so, and comes back once the ban is lifted');
+  // A ban that catches a page while it reconnects: its upgrades' 403s show
+  // only as 1006, so the page asks for itself and says it is banned.
+  proxy.cut();
+  await bob.waitForSelector('#state.offline', { timeout: WAIT });
+  await admin('POST', 'ban', { address: '127.0.0.1', seconds: 60, reason: 'spam again' });
+  proxy.heal();
+  await bob.waitForFunction(
+    () => [...document.querySelectorAll('#log li.ended')].some((li) => /banned from the chat for \d+ more seconds: spam again/.test(li.textContent)),
+    null,
+    { timeout: 3 * WAIT },
+  );
+  if ((await bob.textContent('#state')) !== 'removed') throw new Error('the banned page is still reconnecting');
+  console.log('ok: a page reconnecting into a ban stops and says it is banned');
   if (violations.length !== 0) throw new Error(`policy violations: ${violations.join('; ')}`);
 } catch (error) {
   failed = true;

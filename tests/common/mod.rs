@@ -88,7 +88,7 @@ impl ServerProcess {
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
         let metrics = line
-            .split("metrics on ")
+            .split("private listener on ")
             .nth(1)
             .and_then(|rest| rest.trim_end().strip_suffix(')'))
             .and_then(|addr| addr.parse().ok());

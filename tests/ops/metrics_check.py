@@ -28,7 +28,7 @@ def start(binary):
     )
     line = proc.stdout.readline()
     public = line.split()[2]
-    metrics = line.split("metrics on ")[1].strip().rstrip(")")
+    metrics = line.split("private listener on ")[1].strip().rstrip(")")
     return proc, public, metrics
 
 

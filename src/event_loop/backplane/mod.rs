@@ -279,14 +279,14 @@ impl Backplane {
     }
 
     /// Queues an admin command carried out here, for the other instances;
-    /// if the queue is full it is dropped and counted like a chat.
+    /// if the queue is full it is not sent: counted and said on stderr.
     pub fn moderate(&self, command: &Command) {
         if self
             .outgoing
             .try_send(Outgoing::Admin(command.clone()))
             .is_err()
         {
-            self.shared.lost_outgoing.fetch_add(1, Ordering::Relaxed);
+            publisher::not_sent(&self.shared, command, "the queue to Redis is full");
         }
     }
 

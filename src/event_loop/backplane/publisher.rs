@@ -6,7 +6,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
 use super::link::{Failure, Link};
 use super::stream::fresh_epoch;
-use super::{Outgoing, REDIS_TIMEOUT, Room, ToLoop};
+use super::{Outgoing, REDIS_TIMEOUT, Room, Shared, ToLoop};
 use crate::engine::cluster::FromCluster;
 use crate::http::admin::Command;
 
@@ -190,10 +190,24 @@ impl Publisher {
             Err(Failure::Failed) => link.run(send),
             other => other,
         };
-        let counter = match sent {
-            Ok(()) => &s.admin_published,
-            Err(_) => &s.admin_unpublished,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        match sent {
+            Ok(()) => {
+                s.admin_published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => not_sent(s, command, "Redis did not take it"),
+        }
     }
+}
+
+/// An admin command that did not reach Redis: done on this instance only
+/// (counted as `admin_unpublished` and said on stderr, so the operator can
+/// ask the other instances).
+pub fn not_sent(shared: &Shared, command: &Command, why: &str) {
+    shared.admin_unpublished.fetch_add(1, Ordering::Relaxed);
+    eprintln!(
+        "websocket-public-chat: admin: {} {} not sent to the other instances ({why}): done on \
+         this instance only",
+        command.endpoint().name(),
+        command.body()
+    );
 }

@@ -47,18 +47,11 @@ pub struct Entry {
 /// `XRANGE`'s answer as (id, fields), ids ascending; entries whose id is
 /// not `N-0` with N above the previous are skipped.
 pub fn stream_entries(value: redis::Value) -> Vec<(u64, Entry)> {
-    let redis::Value::Array(items) = value else {
-        return Vec::new();
-    };
+    let items = items(value);
     let mut entries = Vec::with_capacity(items.len());
     let mut last = 0;
     for item in items {
-        let redis::Value::Array(mut pair) = item else {
-            continue;
-        };
-        let (Some(redis::Value::Array(fields)), Some(redis::Value::BulkString(id))) =
-            (pair.pop(), pair.pop())
-        else {
+        let Some((id, fields)) = entry_parts(item) else {
             continue;
         };
         let Some(id) = entry_id(&id).filter(|&id| id > last) else {
@@ -66,21 +59,45 @@ pub fn stream_entries(value: redis::Value) -> Vec<(u64, Entry)> {
         };
         last = id;
         let mut entry = Entry::default();
-        let mut fields = fields.into_iter();
-        while let (Some(name), Some(redis::Value::BulkString(value))) =
-            (fields.next(), fields.next())
-        {
-            match name {
-                redis::Value::BulkString(name) if name == b"o" => {
-                    entry.origin = Origin::parse(&value)
-                }
-                redis::Value::BulkString(name) if name == b"c" => entry.chat = Some(value),
+        for (name, value) in fields {
+            match &name[..] {
+                b"o" => entry.origin = Origin::parse(&value),
+                b"c" => entry.chat = Some(value),
                 _ => {}
             }
         }
         entries.push((id, entry));
     }
     entries
+}
+
+/// The items of an array answer (none if it is not one).
+fn items(value: redis::Value) -> Vec<redis::Value> {
+    match value {
+        redis::Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// A stream entry (`[id, [name, value, ...]]`) as its id and its fields
+/// that are strings; `None` if it is not one.
+fn entry_parts(item: redis::Value) -> Option<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let redis::Value::Array(mut pair) = item else {
+        return None;
+    };
+    let (Some(redis::Value::Array(fields)), Some(redis::Value::BulkString(id))) =
+        (pair.pop(), pair.pop())
+    else {
+        return None;
+    };
+    let mut strings = Vec::with_capacity(fields.len() / 2);
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        if let (redis::Value::BulkString(name), redis::Value::BulkString(value)) = (name, value) {
+            strings.push((name, value));
+        }
+    }
+    Some((id, strings))
 }
 
 /// `N-0` → N: the ids this server's script gives.
@@ -104,27 +121,16 @@ pub struct AdminEntry {
 /// `XRANGE`'s answer on the admin stream; it ends at the first entry whose
 /// id is not `MS-SEQ` (none should be: Redis gives them).
 pub fn admin_entries(value: redis::Value) -> Vec<AdminEntry> {
-    let redis::Value::Array(items) = value else {
-        return Vec::new();
-    };
+    let items = items(value);
     let mut entries = Vec::with_capacity(items.len());
     for item in items {
-        let redis::Value::Array(mut pair) = item else {
-            break;
-        };
-        let (Some(redis::Value::Array(fields)), Some(redis::Value::BulkString(id))) =
-            (pair.pop(), pair.pop())
+        let Some(((id, ms), fields)) =
+            entry_parts(item).and_then(|(id, fields)| Some((stream_id(&id)?, fields)))
         else {
             break;
         };
-        let Some((id, ms)) = stream_id(&id) else {
-            break;
-        };
         let (mut instance, mut endpoint, mut body) = (None, None, None);
-        let mut fields = fields.into_iter();
-        while let (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(value))) =
-            (fields.next(), fields.next())
-        {
+        for (name, value) in fields {
             match &name[..] {
                 b"i" => {
                     instance = std::str::from_utf8(&value)

@@ -48,10 +48,10 @@ end
 return out
 ";
 
-/// Kicks and notices from the admin stream older than this (by this
-/// machine's clock) are passed over: an instance back from a long outage
-/// does not close or tell what no longer matters. Bans and mutes are
-/// acted on whatever their age (the hash also says what is in force).
+/// Kicks and notices from the admin stream older than this (by Redis's
+/// clock) are passed over: an instance back from a long outage does not
+/// close or tell what no longer matters. Bans and mutes read late last only
+/// the time they have left (none: passed over).
 const STALE_ADMIN_MS: u64 = 60_000;
 
 /// Receives the room's chats in Redis's order and hands them to the loop,
@@ -138,7 +138,12 @@ impl Subscriber {
             epoch: position.epoch.as_str().into(),
             last,
         };
-        if !self.to_loop.send(FromCluster::Kept(kept(restrictions)), 0)
+        // Entries not in the forms this server writes are counted, not acted on.
+        let entries = restrictions.len() / 3;
+        let restrictions = kept(restrictions);
+        s.malformed
+            .fetch_add((entries - restrictions.len()) as u64, Ordering::Relaxed);
+        if !self.to_loop.send(FromCluster::Kept(restrictions), 0)
             || !self.to_loop.send(up, 0)
             || !self.backfill(&mut data, position)?
             || !self.backfill_admin(&mut data, admin)?
@@ -249,17 +254,27 @@ impl Subscriber {
                 .query(data)?;
             let entries = admin_entries(entries);
             let count = entries.len();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            // Entries' ids are Redis's time when they were added: their age on its clock.
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query(data)?;
+            let now = secs * 1000 + micros / 1000;
             for entry in entries {
                 *after = entry.id;
-                let Some((instance, command)) = entry.command else {
+                let Some((instance, mut command)) = entry.command else {
                     s.malformed.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let fleeting = matches!(command, Command::Kick { .. } | Command::Announce { .. });
-                if fleeting && entry.ms + STALE_ADMIN_MS < now {
+                let age = now.saturating_sub(entry.ms);
+                let current = match &mut command {
+                    Command::Ban { seconds, .. } | Command::Mute { seconds, .. } => {
+                        // What is left of it (read late, after an outage, it lasts no longer).
+                        let left = (*seconds * 1000).saturating_sub(age);
+                        *seconds = left.div_ceil(1000);
+                        left > 0
+                    }
+                    Command::Kick { .. } | Command::Announce { .. } => age <= STALE_ADMIN_MS,
+                    Command::Unban { .. } | Command::Unmute { .. } => true,
+                };
+                if !current {
                     continue;
                 }
                 if !self
