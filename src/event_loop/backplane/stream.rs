@@ -79,9 +79,12 @@ fn items(value: redis::Value) -> Vec<redis::Value> {
     }
 }
 
-/// A stream entry (`[id, [name, value, ...]]`) as its id and its fields
-/// that are strings; `None` if it is not one.
-fn entry_parts(item: redis::Value) -> Option<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> {
+/// A stream entry's fields that are strings: (name, value).
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A stream entry (`[id, [name, value, ...]]`) as its id and its fields;
+/// `None` if it is not one.
+fn entry_parts(item: redis::Value) -> Option<(Vec<u8>, Fields)> {
     let redis::Value::Array(mut pair) = item else {
         return None;
     };
