@@ -233,6 +233,9 @@ fn every_mistake_gets_its_status_and_nothing_else() {
     assert_eq!(stats["admin_unauthorized"], 4);
     assert_eq!(stats["admin_refused"], cases.len() as u64 + 3);
     assert_eq!(stats["admin_announces"], 1);
+    // HEAD: the refusal's head alone.
+    let (status, _, body) = call(at, "HEAD", "/admin/members", t, None);
+    assert_eq!((status, body.as_str()), (405, ""));
     // At most 1,024 bans (409 past that).
     for i in 0..1024 {
         let ban = format!(

@@ -17,7 +17,15 @@ use crate::http::admin::{self, AdminHead, Command, Endpoint, Refusal};
 
 impl Engine {
     /// An `/admin/...` request head arrived; `rest` is what followed it.
-    pub(super) fn on_admin_head(&mut self, key: usize, head: &AdminHead, rest: &[u8], now: u64) {
+    /// (`HEAD` is refused, with a head alone.)
+    pub(super) fn on_admin_head(
+        &mut self,
+        key: usize,
+        head: &AdminHead,
+        head_only: bool,
+        rest: &[u8],
+        now: u64,
+    ) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -27,16 +35,17 @@ impl Engine {
         };
         // Only on the private listener, and only with a token: otherwise it does not exist.
         let Some(token) = self.admin_token.filter(|_| conn.private) else {
-            return self.reject(key, Reject::NotFound, false, now);
+            return self.reject(key, Reject::NotFound, head_only, now);
         };
         if !head.bearer.is_some_and(|b| admin::same(&b, &token)) {
             self.stats.admin_unauthorized += 1;
-            return self.respond(key, Refusal::Unauthorized.response().into(), false, now);
+            let answer = Refusal::Unauthorized.response().into();
+            return self.respond(key, answer, head_only, now);
         }
         self.stats.admin_requests += 1;
         let (endpoint, length) = match &head.asked {
             Ok(asked) => *asked,
-            Err(refusal) => return self.refuse(key, refusal, now),
+            Err(refusal) => return self.refuse(key, refusal, head_only, now),
         };
         if rest.len() >= length {
             // Bytes past the body are ignored: the connection closes after the answer.
@@ -92,13 +101,13 @@ impl Engine {
                 let answer = response::ok("application/json", json.as_bytes());
                 self.respond(key, answer.into(), false, now);
             }
-            Err(refusal) => self.refuse(key, &refusal, now),
+            Err(refusal) => self.refuse(key, &refusal, false, now),
         }
     }
 
-    fn refuse(&mut self, key: usize, refusal: &Refusal, now: u64) {
+    fn refuse(&mut self, key: usize, refusal: &Refusal, head_only: bool, now: u64) {
         self.stats.admin_refused += 1;
-        self.respond(key, refusal.response().into(), false, now);
+        self.respond(key, refusal.response().into(), head_only, now);
     }
 
     /// Carries out `command`, asked by `by` (a private peer's address, or

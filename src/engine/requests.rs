@@ -115,7 +115,7 @@ impl Engine {
                     self.on_frames(key, rest, now);
                 }
             }
-            Route::Admin(head) => self.on_admin_head(key, &head, rest, now),
+            Route::Admin(head) => self.on_admin_head(key, &head, head_only, rest, now),
             Route::Page => {
                 self.stats.http_page += 1;
                 self.respond(key, Rc::clone(&self.page), head_only, now);
