@@ -1236,6 +1236,12 @@ fn kicks_bans_mutes_and_notices_reach_every_instance_and_a_ban_one_started_later
     let (a, b) = (&servers[0], &servers[1]);
     let mut bob = Client::joined(b, "bob");
     let mut carol = Client::joined(b, "carol");
+    // Each instance lists its own members, naming itself.
+    let members = admin(b, "GET", "members", Value::Null);
+    assert_eq!(members["count"], 2, "{members}");
+    let instance = &b.stats()["backplane"]["instance_id"];
+    assert_eq!(&members["members"][0]["instance"], instance, "{members}");
+    assert_eq!(admin(a, "GET", "members", Value::Null)["count"], 0);
     // A notice asked of A reaches B's members.
     let sent = admin(a, "POST", "announce", json!({"text": "hello from A"}));
     assert_eq!(sent["cluster"], "queued for every instance", "{sent}");
