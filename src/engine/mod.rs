@@ -11,7 +11,8 @@
 //! per connection (`transmit`, as `IoSlice`s for one `writev`, for each key
 //! `next_dirty` names), `Action`s (shut a write side, close a socket,
 //! resume reading, stop or resume accepting, publish a chat, read history
-//! from Redis), how much to read (`read_limit`) and when to call again
+//! from Redis, send an admin command to the other instances, say a line
+//! on stderr), how much to read (`read_limit`) and when to call again
 //! (`next_deadline`). No sockets, no clock reads, no threads.
 //!
 //! Connections are kept in a slab; the driver keeps its socket under the
@@ -22,7 +23,8 @@
 //! here accepting, reading, writing, time and frames; `requests` (the HTTP
 //! front: head, routes, upgrade), `relay` (joining, presence, the relay),
 //! `catch_up` (history and recovery for a join), `cluster` (what Redis
-//! reports), `closing`, `timers`, `invariants` (memory bounds and the
+//! reports), `admin` (the admin API and moderation), `closing`, `timers`,
+//! `invariants` (memory bounds and the
 //! checks the tests and the simulation make). The other files are the
 //! parts it is made of (a connection, its queue, the ring, the wheel, ...).
 
