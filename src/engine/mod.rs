@@ -24,9 +24,9 @@
 //! front: head, routes, upgrade), `relay` (joining, presence, the relay),
 //! `catch_up` (history and recovery for a join), `cluster` (what Redis
 //! reports), `admin` (the admin API and moderation), `closing`, `timers`,
-//! `invariants` (memory bounds and the
-//! checks the tests and the simulation make). The other files are the
-//! parts it is made of (a connection, its queue, the ring, the wheel, ...).
+//! `invariants` (memory bounds and the checks the tests and the simulation
+//! make). The other files are the parts it is made of (a connection, its
+//! queue, the ring, the wheel, the bans and mutes, ...).
 
 mod admin;
 pub mod catch_up;
