@@ -12,80 +12,15 @@ use common::*;
 use serde_json::{Value, json};
 use tungstenite::Message;
 
-const TOKEN: &str = "test-admin-token-0123456789";
-
 /// A server with the admin API on a private listener; its token file.
-fn start(extra: &[&str]) -> (ServerProcess, tempfile_path::Path) {
-    let token = tempfile_path::write(&format!("{TOKEN}\n"));
-    let path = token.0.to_str().expect("a UTF-8 path").to_string();
-    let mut args = vec![
-        "--private-address",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        &path,
-    ];
-    args.extend_from_slice(extra);
+fn start(extra: &[&str]) -> (ServerProcess, TokenFile) {
+    let token = TokenFile::new();
+    let args = [&token.flags()[..], extra].concat();
     (ServerProcess::start(&args), token)
-}
-
-/// A temporary file removed on drop (no crate for it).
-mod tempfile_path {
-    pub struct Path(pub std::path::PathBuf);
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    pub fn write(text: &str) -> Path {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let path = dir.join(format!("admin-token-{}-{n}", std::process::id()));
-        std::fs::write(&path, text).expect("write the token file");
-        Path(path)
-    }
-    impl Drop for Path {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
-/// An admin request: status, head, body (raw HTTP, so any mistake can be sent).
-fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    body: Option<&str>,
-) -> (u16, String, String) {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n");
-    if let Some(token) = auth {
-        request += &format!("Authorization: Bearer {token}\r\n");
-    }
-    if let Some(body) = body {
-        request += &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-    } else {
-        request += "\r\n";
-    }
-    split_response(&http_raw(addr, request.as_bytes()))
-}
-
-/// An authorized call that must succeed; its JSON.
-fn admin(server: &ServerProcess, method: &str, path: &str, body: Option<Value>) -> Value {
-    let body = body.map(|b| b.to_string());
-    let (status, _, answer) = call(private(server), method, path, Some(TOKEN), body.as_deref());
-    assert_eq!(status, 200, "{method} {path}: {answer}");
-    serde_json::from_str(&answer).expect("JSON")
 }
 
 fn private(server: &ServerProcess) -> SocketAddr {
     server.metrics.expect("a private listener")
-}
-
-/// `/stats` from the private listener (the only one that serves it here).
-fn stats(server: &ServerProcess) -> Value {
-    let (status, _, body) = http_get(private(server), "/stats");
-    assert_eq!(status, 200);
-    serde_json::from_str(&body).expect("stats JSON")
 }
 
 /// A start that must fail: its exit status and stderr (`--duration` bounds it if it does not).
@@ -101,20 +36,6 @@ fn start_failing(args: &[&str]) -> (std::process::ExitStatus, String) {
     )
 }
 
-/// Reads until the close frame: its code and reason.
-fn close_of(client: &mut Client) -> (u16, String) {
-    loop {
-        match client.ws.read() {
-            Ok(Message::Close(Some(frame))) => {
-                return (u16::from(frame.code), frame.reason.to_string());
-            }
-            Ok(Message::Close(None)) => panic!("a close without a code"),
-            Ok(_) => continue,
-            Err(e) => panic!("expected a close frame, got {e}"),
-        }
-    }
-}
-
 #[test]
 fn every_mistake_gets_its_status_and_nothing_else() {
     let (server, _token) = start(&[]);
@@ -122,7 +43,7 @@ fn every_mistake_gets_its_status_and_nothing_else() {
     let kick = Some(r#"{"user":"alice"}"#);
     // No token, a wrong one, another scheme: 401, counted.
     for auth in [None, Some("wrong-token-0123456789"), Some("")] {
-        let (status, head, body) = call(at, "POST", "/admin/kick", auth, kick);
+        let (status, head, body) = admin_call(at, "POST", "/admin/kick", auth, kick);
         assert_eq!(status, 401, "{head}");
         assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
         assert!(body.contains("Bearer"), "{body}");
@@ -134,10 +55,17 @@ fn every_mistake_gets_its_status_and_nothing_else() {
     assert_eq!(split_response(&basic).0, 401);
     // On the public port the admin API does not exist, token or not.
     assert_eq!(
-        call(server.addr, "GET", "/admin/members", Some(TOKEN), None).0,
+        admin_call(
+            server.addr,
+            "GET",
+            "/admin/members",
+            Some(ADMIN_TOKEN),
+            None
+        )
+        .0,
         404
     );
-    let t = Some(TOKEN);
+    let t = Some(ADMIN_TOKEN);
     let cases: &[(&str, &str, Option<&str>, u16)] = &[
         ("GET", "/admin/nothing", None, 404),
         ("GET", "/admin", None, 404),
@@ -182,7 +110,7 @@ fn every_mistake_gets_its_status_and_nothing_else() {
         ),
     ];
     for &(method, path, body, want) in cases {
-        let (status, head, answer) = call(at, method, path, t, body);
+        let (status, head, answer) = admin_call(at, method, path, t, body);
         assert_eq!(status, want, "{method} {path} {body:?}: {head}\n{answer}");
         let error: Value = serde_json::from_str(&answer).expect("a JSON error");
         assert!(error["error"].is_string(), "{answer}");
@@ -191,7 +119,7 @@ fn every_mistake_gets_its_status_and_nothing_else() {
         }
     }
     let raw = |request: String| split_response(&http_raw(at, request.as_bytes())).0;
-    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}\r\n");
     // Not JSON (415), too large (413, refused before it is read), no length (411).
     assert_eq!(
         raw(format!(
@@ -229,12 +157,12 @@ fn every_mistake_gets_its_status_and_nothing_else() {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     assert_eq!(split_response(&answer).0, 200, "{answer}");
-    let stats = stats(&server);
+    let stats = server.stats();
     assert_eq!(stats["admin_unauthorized"], 4);
     assert_eq!(stats["admin_refused"], cases.len() as u64 + 3);
     assert_eq!(stats["admin_announces"], 1);
     // HEAD: the refusal's head alone.
-    let (status, _, body) = call(at, "HEAD", "/admin/members", t, None);
+    let (status, _, body) = admin_call(at, "HEAD", "/admin/members", t, None);
     assert_eq!((status, body.as_str()), (405, ""));
     // At most 1,024 bans (409 past that).
     for i in 0..1024 {
@@ -243,9 +171,9 @@ fn every_mistake_gets_its_status_and_nothing_else() {
             i / 256,
             i % 256
         );
-        assert_eq!(call(at, "POST", "/admin/ban", t, Some(&ban)).0, 200);
+        assert_eq!(admin_call(at, "POST", "/admin/ban", t, Some(&ban)).0, 200);
     }
-    let (status, _, body) = call(
+    let (status, _, body) = admin_call(
         at,
         "POST",
         "/admin/ban",
@@ -260,9 +188,15 @@ fn every_mistake_gets_its_status_and_nothing_else() {
 #[test]
 fn without_a_token_file_there_is_no_admin_api() {
     let server = ServerProcess::start(&["--private-address", "127.0.0.1:0"]);
-    let (status, _, _) = call(private(&server), "GET", "/admin/members", Some(TOKEN), None);
+    let (status, _, _) = admin_call(
+        private(&server),
+        "GET",
+        "/admin/members",
+        Some(ADMIN_TOKEN),
+        None,
+    );
     assert_eq!(status, 404);
-    let bad = tempfile_path::write("short\n");
+    let bad = TokenFile::holding("short\n");
     let path = bad.0.to_str().unwrap();
     let (status, said) = start_failing(&[
         "--private-address",
@@ -287,7 +221,7 @@ fn a_kick_closes_every_connection_of_the_name_with_4001_and_its_reason() {
     let mut alice = Client::joined(&server, "alice");
     let mut bob = Client::joined(&server, "bob");
     let mut bob_again = Client::joined(&server, "bob");
-    let members = admin(&server, "GET", "/admin/members", None);
+    let members = admin_ok(&server, "GET", "/admin/members", None);
     assert_eq!(members["count"], 3);
     let entry = &members["members"][1];
     assert_eq!(entry["user"], "bob");
@@ -295,7 +229,7 @@ fn a_kick_closes_every_connection_of_the_name_with_4001_and_its_reason() {
     assert_eq!(entry["client"], "json");
     assert_eq!(entry["muted"], false);
     assert!(entry["joined_seconds_ago"].as_u64().is_some());
-    let done = admin(
+    let done = admin_ok(
         &server,
         "POST",
         "/admin/kick",
@@ -304,8 +238,8 @@ fn a_kick_closes_every_connection_of_the_name_with_4001_and_its_reason() {
     assert_eq!(done, json!({"kicked": 2}));
     for bob in [&mut bob, &mut bob_again] {
         assert_eq!(
-            close_of(bob),
-            (4001, "kicked by the operator: insults".into())
+            bob.recv_close_frame(),
+            Some((4001, "kicked by the operator: insults".into()))
         );
     }
     // Nothing of bob's is relayed after (his socket is closed), and the room goes on.
@@ -313,14 +247,14 @@ fn a_kick_closes_every_connection_of_the_name_with_4001_and_its_reason() {
     carol.send(json!({"type": "chat", "text": "hello"}));
     let seen = alice.sync();
     assert!(seen.iter().all(|m| m["user"] != "bob"), "{seen:?}");
-    let names: Vec<Value> = admin(&server, "GET", "/admin/members", None)["members"]
+    let names: Vec<Value> = admin_ok(&server, "GET", "/admin/members", None)["members"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["user"].clone())
         .collect();
     assert_eq!(names, [json!("alice"), json!("carol")]);
-    let stats = stats(&server);
+    let stats = server.stats();
     assert_eq!(
         (
             stats["closed_by_kick"].as_u64(),
@@ -344,7 +278,7 @@ fn a_ban_refuses_the_address_until_it_ends_and_matches_mapped_forms() {
     let (server, _token) = start(&["--host", "::ffff:127.0.0.1"]);
     let mut alice = Client::joined(&server, "alice");
     let mut lurker = Client::connect(&server); // upgraded, never joined
-    let done = admin(
+    let done = admin_ok(
         &server,
         "POST",
         "/admin/ban",
@@ -353,11 +287,11 @@ fn a_ban_refuses_the_address_until_it_ends_and_matches_mapped_forms() {
     assert_eq!(done["closed"], 2, "{done}");
     for client in [&mut alice, &mut lurker] {
         assert_eq!(
-            close_of(client),
-            (4003, "banned by the operator: flooding".into())
+            client.recv_close_frame(),
+            Some((4003, "banned by the operator: flooding".into()))
         );
     }
-    let bans = admin(&server, "GET", "/admin/bans", None);
+    let bans = admin_ok(&server, "GET", "/admin/bans", None);
     assert_eq!(bans["bans"][0]["address"], "127.0.0.0/8");
     assert!(
         (1..=2).contains(&bans["bans"][0]["seconds_left"].as_u64().unwrap()),
@@ -372,7 +306,7 @@ fn a_ban_refuses_the_address_until_it_ends_and_matches_mapped_forms() {
         "{body}"
     );
     assert_eq!(http_get(server.addr, "/").0, 403);
-    assert_eq!(stats(&server)["refused_banned"], 2);
+    assert_eq!(server.stats()["refused_banned"], 2);
     // Until the ban ends.
     let deadline = Instant::now() + PATIENCE;
     while http_get(server.addr, "/").0 == 403 {
@@ -381,18 +315,18 @@ fn a_ban_refuses_the_address_until_it_ends_and_matches_mapped_forms() {
     }
     Client::joined(&server, "alice");
     assert_eq!(
-        admin(&server, "GET", "/admin/bans", None),
+        admin_ok(&server, "GET", "/admin/bans", None),
         json!({"bans": []})
     );
     // A block given in its IPv4-mapped form is the IPv4 block; lifting it lets them in at once.
-    admin(
+    admin_ok(
         &server,
         "POST",
         "/admin/ban",
         Some(json!({"address": "::ffff:127.0.0.1/128", "seconds": 60})),
     );
     assert_eq!(http_get(server.addr, "/").0, 403);
-    admin(
+    admin_ok(
         &server,
         "DELETE",
         "/admin/ban",
@@ -406,7 +340,7 @@ fn a_muted_member_stays_but_its_chats_reach_nobody() {
     let (server, _token) = start(&[]);
     let mut alice = Client::joined(&server, "alice");
     let mut bob = Client::joined(&server, "bob");
-    let done = admin(
+    let done = admin_ok(
         &server,
         "POST",
         "/admin/mute",
@@ -428,7 +362,7 @@ fn a_muted_member_stays_but_its_chats_reach_nobody() {
     bob_again.sync();
     assert_eq!(alice.sync(), Vec::<Value>::new());
     assert_eq!(
-        admin(&server, "GET", "/admin/members", None)["members"][1]["muted"],
+        admin_ok(&server, "GET", "/admin/members", None)["members"][1]["muted"],
         true
     );
     // So is a plain-text client that takes the name.
@@ -442,7 +376,7 @@ fn a_muted_member_stays_but_its_chats_reach_nobody() {
     plain.send(Message::text("plain spam")).unwrap();
     bob_again.sync();
     let deadline = Instant::now() + PATIENCE;
-    while stats(&server)["muted_dropped"] != 5 {
+    while server.stats()["muted_dropped"] != 5 {
         assert!(
             Instant::now() < deadline,
             "the plain-text bob was not muted"
@@ -452,7 +386,7 @@ fn a_muted_member_stays_but_its_chats_reach_nobody() {
     assert_eq!(alice.sync(), Vec::<Value>::new());
     drop(plain);
     // Lifted: relayed again.
-    admin(
+    admin_ok(
         &server,
         "DELETE",
         "/admin/mute",
@@ -464,7 +398,7 @@ fn a_muted_member_stays_but_its_chats_reach_nobody() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["text"], "sorry");
     // A mute that ends by itself.
-    admin(
+    admin_ok(
         &server,
         "POST",
         "/admin/mute",
@@ -503,7 +437,7 @@ fn a_notice_reaches_json_and_plain_text_clients_and_no_client_can_send_one() {
         plain.read().unwrap().to_text().unwrap(),
         "* that name is not allowed (docs/protocol.md, Names)"
     );
-    let done = admin(
+    let done = admin_ok(
         &server,
         "POST",
         "/admin/announce",
@@ -526,7 +460,7 @@ fn a_notice_reaches_json_and_plain_text_clients_and_no_client_can_send_one() {
     );
     let replay = newcomer.sync();
     assert!(replay.iter().all(|m| m["type"] != "notice"), "{replay:?}");
-    let stats = stats(&server);
+    let stats = server.stats();
     assert_eq!(
         (
             stats["notices_sent"].as_u64(),
@@ -545,19 +479,19 @@ fn a_burst_of_admin_calls_does_not_disturb_the_relay() {
     let calls = std::thread::spawn(move || {
         for i in 0..300 {
             let (status, _, body) = match i % 3 {
-                0 => call(at, "GET", "/admin/members", Some(TOKEN), None),
-                1 => call(
+                0 => admin_call(at, "GET", "/admin/members", Some(ADMIN_TOKEN), None),
+                1 => admin_call(
                     at,
                     "POST",
                     "/admin/mute",
-                    Some(TOKEN),
+                    Some(ADMIN_TOKEN),
                     Some(r#"{"user":"nobody","seconds":60}"#),
                 ),
-                _ => call(
+                _ => admin_call(
                     at,
                     "DELETE",
                     "/admin/mute",
-                    Some(TOKEN),
+                    Some(ADMIN_TOKEN),
                     Some(r#"{"user":"nobody"}"#),
                 ),
             };
@@ -583,7 +517,7 @@ fn a_burst_of_admin_calls_does_not_disturb_the_relay() {
     calls.join().expect("the admin calls");
     assert_eq!(received, 100);
     assert!(started.elapsed() < PATIENCE * 3);
-    let stats = stats(&server);
+    let stats = server.stats();
     assert_eq!(stats["admin_requests"], 300);
     assert_eq!(
         (

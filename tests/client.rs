@@ -493,44 +493,21 @@ fn a_server_gone_silent_is_given_up_after_25_seconds() {
 
 #[test]
 fn a_notice_is_set_apart_and_a_kick_or_a_ban_is_final() {
-    let token = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("client-admin-token-{}", std::process::id()));
-    std::fs::write(&token, "client-test-token-0123456789\n").unwrap();
-    let server = ServerProcess::start(&[
-        "--private-address",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token.to_str().unwrap(),
-    ]);
-    let private = server.metrics.expect("a private listener");
-    let admin = |method: &str, path: &str, body: serde_json::Value| {
-        let body = body.to_string();
-        let request = format!(
-            "{method} /admin/{path} HTTP/1.1\r\nAuthorization: Bearer client-test-token-0123456789\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let (status, _, answer) =
-            common::split_response(&common::http_raw(private, request.as_bytes()));
-        assert_eq!(status, 200, "{answer}");
-    };
-    let bob = ChatClient::start(&["--url", &server.url(), "--user", "bob"]);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (_, _, members) = common::http_raw_get_with_token(
-            private,
-            "/admin/members",
-            "client-test-token-0123456789",
-        );
-        if members.contains("\"bob\"") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bob did not join");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    admin("POST", "announce", json!({"text": "maintenance at noon"}));
+    let token = common::TokenFile::new();
+    let server = ServerProcess::start(&token.flags());
+    let admin = |method, path, body| common::admin_ok(&server, method, path, Some(body));
+    let bob = ChatClient::joined(&server, "bob");
+    admin(
+        "POST",
+        "/admin/announce",
+        json!({"text": "maintenance at noon"}),
+    );
     bob.expect_chat("* notice: maintenance at noon");
-    admin("POST", "kick", json!({"user": "bob", "reason": "rude"}));
+    admin(
+        "POST",
+        "/admin/kick",
+        json!({"user": "bob", "reason": "rude"}),
+    );
     let (status, stderr) = bob.wait_exit();
     assert_eq!(status.code(), Some(5), "{stderr}");
     assert!(
@@ -538,11 +515,8 @@ fn a_notice_is_set_apart_and_a_kick_or_a_ban_is_final() {
         "{stderr}"
     );
     assert!(!stderr.contains("reconnecting"), "{stderr}");
-    admin(
-        "POST",
-        "ban",
-        json!({"address": "127.0.0.1", "seconds": 60, "reason": "spam"}),
-    );
+    let ban = json!({"address": "127.0.0.1", "seconds": 60, "reason": "spam"});
+    admin("POST", "/admin/ban", ban);
     let (status, stderr) = run(&["--url", &server.url(), "--user", "bob"], "");
     assert_eq!(status.code(), Some(4), "{stderr}");
     assert!(
@@ -550,5 +524,4 @@ fn a_notice_is_set_apart_and_a_kick_or_a_ban_is_final() {
             && stderr.contains("spam"),
         "{stderr}"
     );
-    let _ = std::fs::remove_file(&token);
 }

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, PATIENCE, ServerProcess, http_get, join_with, on_purpose, server_binary};
+use common::{
+    ADMIN_TOKEN, Client, PATIENCE, ServerProcess, TokenFile, admin_call, admin_ok, http_get,
+    join_with, on_purpose, server_binary,
+};
 use serde_json::{Value, json};
 
 /// A redis-server of our own, killed on drop.
@@ -1187,63 +1190,29 @@ fn a_recovery_from_the_ring_equals_the_one_from_the_stream_until_the_subscriptio
     assert_eq!(joined_after, joined_stream);
 }
 
-/// An authorized admin call on `server`'s private listener; its JSON answer.
-fn admin(server: &ServerProcess, method: &str, path: &str, body: Value) -> Value {
-    // GET: no body.
-    let body = match body {
-        Value::Null => String::new(),
-        body => body.to_string(),
-    };
-    let request = format!(
-        "{method} /admin/{path} HTTP/1.1\r\nAuthorization: Bearer redis-test-token-0123456789\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let private = server.metrics.expect("a private listener");
-    let (status, _, answer) =
-        common::split_response(&common::http_raw(private, request.as_bytes()));
-    assert_eq!(status, 200, "{method} {path}: {answer}");
-    serde_json::from_str(&answer).expect("JSON")
-}
-
-/// Reads until the close frame: its code and reason.
-fn close_of(client: &mut Client) -> (u16, String) {
-    loop {
-        match client.ws.read() {
-            Ok(tungstenite::Message::Close(Some(f))) => {
-                return (u16::from(f.code), f.reason.to_string());
-            }
-            Ok(_) => continue,
-            Err(e) => panic!("expected a close frame, got {e}"),
-        }
-    }
-}
-
 #[test]
 fn kicks_bans_mutes_and_notices_reach_every_instance_and_a_ban_one_started_later() {
     let redis = Redis::start(None);
     wait_listening(redis.port);
-    let token = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("redis-admin-token-{}", std::process::id()));
-    std::fs::write(&token, "redis-test-token-0123456789\n").unwrap();
-    let flags = [
-        "--private-address",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token.to_str().unwrap(),
-    ];
+    let token = TokenFile::new();
+    let flags = token.flags();
     let servers = linked(&redis.url(), 2, &flags);
     let (a, b) = (&servers[0], &servers[1]);
     let mut bob = Client::joined(b, "bob");
     let mut carol = Client::joined(b, "carol");
     // Each instance lists its own members, naming itself.
-    let members = admin(b, "GET", "members", Value::Null);
+    let members = admin_ok(b, "GET", "/admin/members", None);
     assert_eq!(members["count"], 2, "{members}");
     let instance = &b.stats()["backplane"]["instance_id"];
     assert_eq!(&members["members"][0]["instance"], instance, "{members}");
-    assert_eq!(admin(a, "GET", "members", Value::Null)["count"], 0);
+    assert_eq!(admin_ok(a, "GET", "/admin/members", None)["count"], 0);
     // A notice asked of A reaches B's members.
-    let sent = admin(a, "POST", "announce", json!({"text": "hello from A"}));
+    let sent = admin_ok(
+        a,
+        "POST",
+        "/admin/announce",
+        Some(json!({"text": "hello from A"})),
+    );
     assert_eq!(sent["cluster"], "queued for every instance", "{sent}");
     assert_eq!(
         carol.recv(),
@@ -1251,15 +1220,25 @@ fn kicks_bans_mutes_and_notices_reach_every_instance_and_a_ban_one_started_later
     );
     assert_eq!(bob.recv()["type"], "notice");
     // A kick asked of A closes bob on B.
-    let kicked = admin(a, "POST", "kick", json!({"user": "bob", "reason": "rude"}));
+    let kicked = admin_ok(
+        a,
+        "POST",
+        "/admin/kick",
+        Some(json!({"user": "bob", "reason": "rude"})),
+    );
     assert_eq!(kicked["kicked"], 0, "{kicked}");
     assert_eq!(
-        close_of(&mut bob),
-        (4001, "kicked by the operator: rude".into())
+        bob.recv_close_frame(),
+        Some((4001, "kicked by the operator: rude".into()))
     );
     // A mute asked of B holds on A: dave's chats from A reach nobody on B.
     let from_cluster = a.stats()["admin_from_cluster"].as_u64().unwrap();
-    admin(b, "POST", "mute", json!({"user": "dave", "seconds": 60}));
+    admin_ok(
+        b,
+        "POST",
+        "/admin/mute",
+        Some(json!({"user": "dave", "seconds": 60})),
+    );
     a.wait_counter("admin_from_cluster", from_cluster + 1);
     let mut dave = Client::joined(a, "dave");
     dave.send(chat("muted"));
@@ -1269,22 +1248,22 @@ fn kicks_bans_mutes_and_notices_reach_every_instance_and_a_ban_one_started_later
     expect_chat(&mut carol, "erin", "heard");
     assert_eq!(a.stats()["muted_dropped"], 1);
     // A ban asked of A closes carol on B and B refuses her address.
-    admin(
+    admin_ok(
         a,
         "POST",
-        "ban",
-        json!({"address": "127.0.0.0/8", "seconds": 60, "reason": "spam"}),
+        "/admin/ban",
+        Some(json!({"address": "127.0.0.0/8", "seconds": 60, "reason": "spam"})),
     );
     assert_eq!(
-        close_of(&mut carol),
-        (4003, "banned by the operator: spam".into())
+        carol.recv_close_frame(),
+        Some((4003, "banned by the operator: spam".into()))
     );
     assert_eq!(http_get(b.addr, "/").0, 403);
     // An instance started after the ban refuses it too (Redis keeps it).
     let later = linked(&redis.url(), 1, &flags);
     let c = &later[0];
     assert_eq!(http_get(c.addr, "/").0, 403);
-    let bans = admin(c, "GET", "bans", Value::Null);
+    let bans = admin_ok(c, "GET", "/admin/bans", None);
     assert_eq!(bans["bans"][0]["address"], "127.0.0.0/8", "{bans}");
     assert_eq!(bans["bans"][0]["reason"], "spam");
     // An instance cut off from Redis while a ban begins and ends does not
@@ -1298,27 +1277,28 @@ fn kicks_bans_mutes_and_notices_reach_every_instance_and_a_ban_one_started_later
     wait_link(d, "subscriber", "down");
     wait_link(d, "publisher", "down");
     // Meanwhile a lift there is refused: Redis keeps the ban, it would come back.
-    let lift = r#"{"address":"127.0.0.0/8"}"#;
-    let request = format!(
-        "DELETE /admin/ban HTTP/1.1\r\nAuthorization: Bearer redis-test-token-0123456789\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{lift}",
-        lift.len()
-    );
-    let answer = common::http_raw(d.metrics.unwrap(), request.as_bytes());
-    assert_eq!(common::split_response(&answer).0, 503, "{answer}");
-    admin(
+    let lift = Some(r#"{"address":"127.0.0.0/8"}"#);
+    let private = d.metrics.unwrap();
+    let (status, _, answer) = admin_call(private, "DELETE", "/admin/ban", Some(ADMIN_TOKEN), lift);
+    assert_eq!(status, 503, "{answer}");
+    admin_ok(
         a,
         "POST",
-        "ban",
-        json!({"address": "192.0.2.0/24", "seconds": 1}),
+        "/admin/ban",
+        Some(json!({"address": "192.0.2.0/24", "seconds": 1})),
     );
     std::thread::sleep(Duration::from_millis(1500));
     proxy.cut(false);
     wait_backplane(d, "up");
     let seen = d.stats()["admin_from_cluster"].as_u64().unwrap();
-    admin(a, "POST", "announce", json!({"text": "after the outage"}));
+    admin_ok(
+        a,
+        "POST",
+        "/admin/announce",
+        Some(json!({"text": "after the outage"})),
+    );
     d.wait_counter("admin_from_cluster", seen + 1);
-    let bans = admin(d, "GET", "bans", Value::Null);
+    let bans = admin_ok(d, "GET", "/admin/bans", None);
     assert!(
         bans["bans"]
             .as_array()
@@ -1328,7 +1308,12 @@ fn kicks_bans_mutes_and_notices_reach_every_instance_and_a_ban_one_started_later
         "an ended ban came back: {bans}"
     );
     // Lifted on C: every instance lets the address in again.
-    admin(c, "DELETE", "ban", json!({"address": "127.0.0.0/8"}));
+    admin_ok(
+        c,
+        "DELETE",
+        "/admin/ban",
+        Some(json!({"address": "127.0.0.0/8"})),
+    );
     for server in [a, b, c] {
         let deadline = Instant::now() + PATIENCE;
         while http_get(server.addr, "/").0 != 200 {
@@ -1336,5 +1321,4 @@ fn kicks_bans_mutes_and_notices_reach_every_instance_and_a_ban_one_started_later
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let _ = std::fs::remove_file(&token);
 }

@@ -556,7 +556,8 @@ impl Shared {
                 }
                 Incoming::Notice(text) => {
                     let hms = sys::local_hms((unix_ms() / 1000) as i64);
-                    print_line(&client::notice_line(hms, &text));
+                    // `* notice`: no name begins with `*`, so no chat looks like it.
+                    print_line(&client::chat_line(Some(hms), "* notice", &text));
                 }
                 Incoming::Presence(_) | Incoming::Other => {}
             },

@@ -209,16 +209,6 @@ pub fn shown_time(live: bool, sent_ms: Option<u64>, now: u64, last: &mut u64) ->
     Some(at)
 }
 
-/// `[HH:MM:SS] * notice: text`: an operator's notice, set apart from chats
-/// (a name cannot begin with `*`), shown safely.
-pub fn notice_line(hms: (u8, u8, u8), text: &str) -> String {
-    let (h, m, s) = hms;
-    terminal(&format!(
-        "[{h:02}:{m:02}:{s:02}] * notice: {}",
-        text.trim_end()
-    ))
-}
-
 /// `[HH:MM:SS] name: text` for a terminal (`[--:--:--]` without a time),
 /// trailing padding trimmed and shown safely (`terminal`); in the name,
 /// whatever the server's name rule refuses as invisible (a Hangul filler,

@@ -157,6 +157,8 @@ impl Engine {
     /// Bans and mutes Redis keeps, at the subscription's start: in force here
     /// too (with the time each has left).
     pub(super) fn restrictions_from_cluster(&mut self, kept: Vec<Kept>, now: u64) {
+        // At a reconnection most are in force here already: only what is new
+        // looks through the connections (one pass per new ban or mute) and is said.
         let (mut bans, mut mutes) = (0, 0);
         for k in kept {
             match k {
@@ -165,13 +167,19 @@ impl Engine {
                     left_ms,
                     reason,
                 } => {
-                    bans += usize::from(self.moderation.ban(block, now + left_ms, &reason, now));
-                    self.close_banned(&block, &reason, now);
+                    let known = self.moderation.bans(now).iter().any(|b| b.block == block);
+                    if self.moderation.ban(block, now + left_ms, &reason, now) && !known {
+                        bans += 1;
+                        self.close_banned(&block, &reason, now);
+                    }
                 }
                 Kept::Mute { user, left_ms } => {
                     let literal = protocol::name_literal(&user);
-                    mutes += usize::from(self.moderation.mute(&literal, now + left_ms, now));
-                    self.mark_muted(&literal, true);
+                    let known = self.moderation.is_muted(&literal, now);
+                    if self.moderation.mute(&literal, now + left_ms, now) && !known {
+                        mutes += 1;
+                        self.mark_muted(&literal, true);
+                    }
                 }
             }
         }
@@ -380,7 +388,7 @@ impl Engine {
                     "{{\"address\":\"{}\",\"seconds_left\":{},\"reason\":{}}}",
                     b.block,
                     (b.until - now).div_ceil(1000),
-                    admin::json_string(&b.reason)
+                    protocol::name_literal(&b.reason)
                 )
             })
             .collect();

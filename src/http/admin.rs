@@ -177,7 +177,7 @@ impl Refusal {
             Self::RedisDown => "Retry-After: 1\r\n".into(),
             _ => String::new(),
         };
-        let body = format!("{{\"error\":{}}}\n", json_string(&said));
+        let body = format!("{{\"error\":{}}}\n", protocol::name_literal(&said));
         super::response::response(code, reason, "application/json", &extra, body.as_bytes())
     }
 }
@@ -426,8 +426,9 @@ fn seconds(seconds: Option<u64>) -> Result<u64, Refusal> {
         .ok_or_else(|| Refusal::Invalid(format!("\"seconds\" must be 1 to {MAX_SECONDS}")))
 }
 
-/// A given reason, checked, or "" (the close code's own reason then).
-fn reason(reason: Option<String>) -> Result<String, Refusal> {
+/// A given reason, checked (also one kept in Redis), or "" (the close
+/// code's own reason then).
+pub fn reason(reason: Option<String>) -> Result<String, Refusal> {
     let reason = reason.unwrap_or_default();
     match reason.len() > MAX_REASON || has_controls(&reason) {
         true => Err(Refusal::Invalid(format!(
@@ -457,7 +458,8 @@ impl Command {
     /// Its body as JSON: `command(self.endpoint(), body)` gives it back.
     pub fn body(&self) -> String {
         let mut fields: Vec<(&str, String)> = Vec::new();
-        let mut text = |name, value: &str| fields.push((name, json_string(value)));
+        let mut text =
+            |name, value: &str| fields.push((name, protocol::name_literal(value).into()));
         match self {
             Self::Kick { user, reason } => {
                 text("user", user);
@@ -484,11 +486,6 @@ impl Command {
             .collect();
         format!("{{{}}}", fields.join(","))
     }
-}
-
-/// `text` as a JSON string literal.
-pub fn json_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -253,13 +253,6 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     split_response(&response)
 }
 
-/// GET `path` with `Authorization: Bearer TOKEN`: status, head, body.
-pub fn http_raw_get_with_token(addr: SocketAddr, path: &str, token: &str) -> (u16, String, String) {
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\r\n");
-    split_response(&http_raw(addr, request.as_bytes()))
-}
-
 pub fn split_response(response: &str) -> (u16, String, String) {
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
     let status = head
@@ -268,6 +261,80 @@ pub fn split_response(response: &str) -> (u16, String, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {response:?}"));
     (status, head.to_string(), body.to_string())
+}
+
+/// The admin token the tests' servers are given (`TokenFile`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A file for `--admin-token-file` (by default holding `ADMIN_TOKEN`),
+/// removed on drop.
+pub struct TokenFile(pub std::path::PathBuf);
+
+impl TokenFile {
+    pub fn new() -> Self {
+        Self::holding(&format!("{ADMIN_TOKEN}\n"))
+    }
+
+    /// A token file holding `text` (a bad token, say).
+    pub fn holding(text: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!("admin-token-{}-{n}", std::process::id()));
+        std::fs::write(&path, text).expect("write the token file");
+        Self(path)
+    }
+
+    /// The flags that serve the admin API with this token on a private listener.
+    pub fn flags(&self) -> [&str; 4] {
+        let path = self.0.to_str().expect("a UTF-8 path");
+        [
+            "--private-address",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            path,
+        ]
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// An admin request: status, head, body (raw HTTP, so any mistake can be sent).
+pub fn admin_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n");
+    if let Some(token) = token {
+        request += &format!("Authorization: Bearer {token}\r\n");
+    }
+    match body {
+        Some(body) => {
+            request += &format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        None => request += "\r\n",
+    }
+    split_response(&http_raw(addr, request.as_bytes()))
+}
+
+/// An admin call with `ADMIN_TOKEN` on `server`'s private listener that
+/// must answer 200; its JSON.
+pub fn admin_ok(server: &ServerProcess, method: &str, path: &str, body: Option<Value>) -> Value {
+    let body = body.map(|b| b.to_string());
+    let private = server.metrics.expect("a private listener");
+    let (status, _, answer) = admin_call(private, method, path, Some(ADMIN_TOKEN), body.as_deref());
+    assert_eq!(status, 200, "{method} {path}: {answer}");
+    serde_json::from_str(&answer).expect("JSON")
 }
 
 /// A valid upgrade request for /ws.
@@ -369,9 +436,16 @@ impl Client {
 
     /// Reads until the server's close frame; returns its code.
     pub fn recv_close(&mut self) -> Option<u16> {
+        self.recv_close_frame().map(|(code, _)| code)
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    pub fn recv_close_frame(&mut self) -> Option<(u16, String)> {
         loop {
             match self.ws.read() {
-                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(Message::Close(frame)) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
                 Ok(_) => continue,
                 Err(e) => panic!("expected a close frame, got error {e}"),
             }

@@ -171,15 +171,12 @@ pub fn kept(values: Vec<Vec<u8>>) -> Vec<Kept> {
         .filter_map(|k| {
             let field = std::str::from_utf8(&k[0]).ok()?;
             let left_ms: u64 = std::str::from_utf8(&k[1]).ok()?.parse().ok()?;
-            let reason = String::from_utf8(k[2].clone()).ok()?;
             let left_ms = left_ms.min(admin::MAX_SECONDS * 1000);
-            let bad_reason =
-                reason.len() > admin::MAX_REASON || reason.chars().any(char::is_control);
             match field.split_once(' ')? {
-                ("ban", block) if !bad_reason => Some(Kept::Ban {
+                ("ban", block) => Some(Kept::Ban {
                     block: Cidr::parse(block).ok()?,
                     left_ms,
-                    reason,
+                    reason: admin::reason(Some(String::from_utf8(k[2].clone()).ok()?)).ok()?,
                 }),
                 ("mute", user) if crate::chat::protocol::valid_name(user) => Some(Kept::Mute {
                     user: user.to_string(),
